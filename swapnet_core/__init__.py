@@ -1,0 +1,18 @@
+"""swapnet_core: run networks larger than the memory budget by swapping execution-ordered blocks.
+
+No ROS import anywhere in this package.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (BudgetError, BudgetTooSmallError, InputSpecError, ModelRefError, StoreCorruptError,  # noqa: E402
+                     StoreError, StoreFormatError, StoreMismatchError, StoreNotFoundError, StoreTruncatedError,
+                     SwapNetError, WeightsError)
+from .plan import Plan, minimum_budget, plan_greedy  # noqa: E402
+from .runtime import SwapModel, SwapStats, load_resident  # noqa: E402
+from .store import BlockStore, convert  # noqa: E402
+
+__all__ = ["BlockStore", "convert", "SwapModel", "SwapStats", "load_resident", "Plan", "plan_greedy",
+           "minimum_budget", "SwapNetError", "BudgetError", "BudgetTooSmallError", "InputSpecError",
+           "ModelRefError", "StoreError", "StoreCorruptError", "StoreFormatError", "StoreMismatchError",
+           "StoreNotFoundError", "StoreTruncatedError", "WeightsError"]

@@ -1,0 +1,260 @@
+"""Model references, builders, example inputs and output comparison.
+
+A model reference names how to build a network, never where to download it:
+  torchvision:NAME[?key=value&...]       any torchvision model builder, weights=None
+  transformers:PRESET | transformers:PATH   a preset below, or a local config.json / folder holding one
+  package.module:factory[?key=value&...]   a user's own factory returning an nn.Module
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import InputSpecError, ModelRefError, WeightsError
+
+# Depth Anything V1 sizes (backbone DINOv2 + DPT-style neck), matching the published HF configs.
+_DEPTH_ANYTHING = {
+    "small": dict(hidden=384, heads=6, layers=12, out=[3, 6, 9, 12], neck=[48, 96, 192, 384], fusion=64),
+    "base": dict(hidden=768, heads=12, layers=12, out=[3, 6, 9, 12], neck=[96, 192, 384, 768], fusion=128),
+    "large": dict(hidden=1024, heads=16, layers=24, out=[5, 12, 18, 24], neck=[256, 512, 1024, 1024], fusion=256),
+}
+TRANSFORMERS_PRESETS = [f"depth-anything-{s}" for s in _DEPTH_ANYTHING] + ["dpt-large"]
+
+# How a model is called with one image batch x (N x 3 x H x W).
+CALL_TENSOR, CALL_IMAGE_LIST, CALL_PIXEL_VALUES = "tensor", "image_list", "pixel_values"
+
+
+@dataclass
+class ModelSpec:
+    ref: str
+    builder: Callable[[], nn.Module] = field(repr=False)
+    task: str = "other"
+    call: str = CALL_TENSOR
+    default_input: str = "random:1x3x224x224"
+
+    def build(self) -> nn.Module:
+        """Build the network (on the current default device: use `torch.device('meta')` for a skeleton)."""
+        model = self.builder()
+        if not isinstance(model, nn.Module):
+            raise ModelRefError(f"{self.ref}: the factory returned {type(model).__name__}, not an nn.Module")
+        return model.eval()
+
+
+def call_model(model: Callable, call: str, x: torch.Tensor):
+    """Run `model` on the image batch x with the model's calling convention."""
+    if call == CALL_IMAGE_LIST:
+        return model(list(x.unbind(0)))
+    if call == CALL_PIXEL_VALUES:
+        return model(pixel_values=x)
+    return model(x)
+
+
+def resolve(ref: str) -> ModelSpec:
+    """Turn a model reference into a ModelSpec, or raise ModelRefError saying why not."""
+    if not isinstance(ref, str) or ":" not in ref:
+        raise ModelRefError(f"unknown model reference {ref!r}: expected torchvision:NAME, "
+                            f"transformers:PRESET|CONFIG, or package.module:factory")
+    scheme, _, rest = ref.partition(":")
+    if scheme == "torchvision":
+        return _torchvision(ref, rest)
+    if scheme == "transformers":
+        return _transformers(ref, rest)
+    if re.fullmatch(r"[A-Za-z_][\w.]*", scheme):
+        return _factory(ref, scheme, rest)
+    raise ModelRefError(f"unknown model reference {ref!r}")
+
+
+def _split_query(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, query = text.partition("?")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise ModelRefError(f"bad option {item!r} in model reference (expected key=value)")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return name, kwargs
+
+
+def _torchvision(ref: str, rest: str) -> ModelSpec:
+    import torchvision
+
+    name, kwargs = _split_query(rest)
+    try:
+        fn = torchvision.models.get_model_builder(name)
+    except ValueError:
+        raise ModelRefError(f"unknown torchvision model {name!r} in {ref!r}; "
+                            f"see torchvision.models.list_models()") from None
+    params = inspect.signature(fn).parameters
+    kwargs.setdefault("weights", None)  # never download
+    if "weights_backbone" in params:
+        kwargs.setdefault("weights_backbone", None)
+    module = fn.__module__
+    if ".detection" in module:
+        task, call, default = "detection", CALL_IMAGE_LIST, "random:1x3x480x640"
+    elif ".segmentation" in module:
+        task, call, default = "segmentation", CALL_TENSOR, "random:1x3x480x640"
+    elif ".video" in module:
+        task, call, default = "video", CALL_TENSOR, "random:1x3x16x112x112"
+    else:
+        task, call, default = "classification", CALL_TENSOR, "random:1x3x224x224"
+    return ModelSpec(ref, lambda: fn(**kwargs), task, call, default)
+
+
+def _transformers(ref: str, rest: str) -> ModelSpec:
+    try:
+        import transformers
+    except ImportError:
+        raise ModelRefError(f"{ref!r} needs the transformers package") from None
+
+    def build() -> nn.Module:
+        config = _transformers_config(ref, rest)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        if cls is None:
+            cls = transformers.AutoModelForDepthEstimation._model_mapping[type(config)]
+        return cls(config)
+
+    _transformers_config(ref, rest)  # fail early on a bad preset or config
+    return ModelSpec(ref, build, "depth", CALL_PIXEL_VALUES, "random:1x3x364x490")
+
+
+def _transformers_config(ref: str, rest: str):
+    import transformers
+
+    if rest.startswith("depth-anything-") and rest[len("depth-anything-"):] in _DEPTH_ANYTHING:
+        s = _DEPTH_ANYTHING[rest[len("depth-anything-"):]]
+        backbone = transformers.Dinov2Config(
+            hidden_size=s["hidden"], num_attention_heads=s["heads"], num_hidden_layers=s["layers"],
+            out_indices=s["out"], image_size=518, patch_size=14, reshape_hidden_states=False)
+        return transformers.DepthAnythingConfig(
+            backbone_config=backbone, neck_hidden_sizes=s["neck"], fusion_hidden_size=s["fusion"],
+            reassemble_hidden_size=s["hidden"], architectures=["DepthAnythingForDepthEstimation"])
+    if rest == "dpt-large":
+        return transformers.DPTConfig(architectures=["DPTForDepthEstimation"])
+    path = Path(rest)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.suffix == ".json" and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            return transformers.AutoConfig.for_model(**data)
+        except (ValueError, KeyError) as e:
+            raise ModelRefError(f"{ref!r}: cannot read the config: {e}") from None
+    raise ModelRefError(f"unknown transformers model {rest!r} in {ref!r}: use one of "
+                        f"{', '.join(TRANSFORMERS_PRESETS)} or a local config.json")
+
+
+def _factory(ref: str, module_name: str, rest: str) -> ModelSpec:
+    name, kwargs = _split_query(rest)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelRefError(f"{ref!r}: cannot import {module_name!r}: {e}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ModelRefError(f"{ref!r}: {module_name!r} has no factory {name!r}")
+    task = getattr(fn, "swapnet_task", "other")
+    call = getattr(fn, "swapnet_call", CALL_TENSOR)
+    default = getattr(fn, "swapnet_input", "random:1x3x224x224")
+    return ModelSpec(ref, lambda: fn(**kwargs), task, call, default)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local checkpoint into `model`: safetensors, or a state dict read with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # any reader error becomes one clear line
+        raise WeightsError(f"cannot read weights file {path}: {e}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds no state dict")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(f"{path} does not fit the model: missing {_few(result.missing_keys)}, "
+                           f"unexpected {_few(result.unexpected_keys)}")
+
+
+def _few(keys: list[str]) -> str:
+    return "none" if not keys else ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+
+def make_input(spec: str, *, seed: int = 0) -> torch.Tensor:
+    """An image batch from 'random:NxCxHxW' (seeded, in [0, 1)) or an image file path[@HxW]."""
+    if spec.startswith("random:"):
+        try:
+            shape = [int(d) for d in spec[len("random:"):].lower().split("x")]
+        except ValueError:
+            shape = []
+        if len(shape) < 2 or any(d <= 0 for d in shape):
+            raise InputSpecError(f"bad input spec {spec!r}: expected random:NxCxHxW with positive sizes")
+        return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    path, _, size = spec.partition("@")
+    if not Path(path).is_file():
+        raise InputSpecError(f"input {spec!r} is neither an image file nor random:NxCxHxW")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputSpecError(f"cannot read image {path}: {e}") from None
+    if size:
+        try:
+            h, w = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise InputSpecError(f"bad size in {spec!r}: expected PATH@HxW") from None
+        img = img.resize((w, h), Image.BILINEAR)
+    import numpy as np
+
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+    return arr.permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
+def flatten_outputs(out) -> list[torch.Tensor]:
+    """The tensors of a model output, in a stable order (tensors, lists, tuples, dicts, ModelOutputs)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in flatten_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in flatten_outputs(v)]
+    return []
+
+
+def max_abs_diff(a, b) -> float:
+    """Largest absolute difference between two outputs; inf when their structure or shapes differ."""
+    ta, tb = flatten_outputs(a), flatten_outputs(b)
+    if len(ta) != len(tb):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(ta, tb):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return float("inf")
+        if x.numel() == 0:
+            continue
+        x, y = x.detach().cpu().double(), y.detach().cpu().double()
+        same_nan = torch.isnan(x) & torch.isnan(y)
+        d = torch.where(same_nan, torch.zeros_like(x), (x - y).abs())
+        worst = max(worst, float(d.nan_to_num(nan=float("inf")).max()))
+    return worst
