@@ -1,0 +1,393 @@
+"""BlockStore: a model converted once into an execution-ordered, direct-I/O-aligned safetensors file.
+
+Layout of a store directory:
+  manifest.json          architecture, units (byte range, checksum, tensors), the recorded call order
+  weights.safetensors    a valid safetensors file whose tensors lie in execution order; every unit
+                         starts on a 4096-byte boundary (padding tensors named __pad_N__ fill gaps), so
+                         any run of consecutive units is one contiguous, O_DIRECT-readable byte range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import StoreError, StoreFormatError, StoreMismatchError, StoreNotFoundError, StoreTruncatedError
+from .models import ModelSpec, call_model, load_weights, make_input, resolve
+from .sizes import align_up
+from .trace import PINNED, trace
+
+FORMAT, FORMAT_VERSION = "swapnet-blockstore", 1
+MANIFEST_NAME, WEIGHTS_NAME = "manifest.json", "weights.safetensors"
+UNIT_ALIGN = 4096  # O_DIRECT needs file offset, length and buffer aligned to the logical block size
+TENSOR_ALIGN = 64  # every tensor view starts on a cache line inside its unit
+PINNED_UNIT = "<pinned>"
+
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+              torch.uint8: "U8", torch.bool: "BOOL"}
+_DTYPE_BY_NAME = {str(d).removeprefix("torch."): d for d in _ST_DTYPES}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # bytes from the start of its unit
+    nbytes: int
+    bindings: tuple[tuple[str, str, str], ...]  # (module path, attribute, "param" | "buffer")
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    name: str
+    offset: int  # absolute offset in the weights file, UNIT_ALIGN-aligned
+    nbytes: int  # padded length, a multiple of UNIT_ALIGN
+    checksum: int  # crc32 of the unit's padded byte range
+    pinned: bool
+    traced: bool
+    tensors: tuple[TensorEntry, ...]
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.nbytes
+
+
+def unit_checksum(data) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+class BlockStore:
+    """An opened, validated block store. Opening reads only the manifest and the safetensors header."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise StoreNotFoundError(f"{self.path} is not a block store (no {MANIFEST_NAME})")
+        try:
+            m = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as e:
+            raise StoreFormatError(f"{manifest_path}: unreadable manifest: {e}") from None
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise StoreFormatError(f"{manifest_path}: not a {FORMAT} manifest")
+        if m.get("format_version") != FORMAT_VERSION:
+            raise StoreFormatError(f"{manifest_path}: format version {m.get('format_version')!r} "
+                                   f"is not supported (this swapnet_core reads {FORMAT_VERSION})")
+        self.manifest = m
+        self.weights_path = self.path / WEIGHTS_NAME
+        try:
+            self.file_bytes = _int(m, "file_bytes")
+            self.store_id = str(m["store_id"])
+            self.units = [_parse_unit(i, u) for i, u in enumerate(m["units"])]
+            self.calls = [int(c) for c in m["calls"]]
+            self.ref = str(m["architecture"]["ref"])
+            self.call = str(m["architecture"]["call"])
+            self.task = str(m["architecture"]["task"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreFormatError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
+        self._check_layout()
+        self._check_weights_file()
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def total_bytes(self) -> int:
+        """Weight bytes as stored (units padded to UNIT_ALIGN)."""
+        return sum(u.nbytes for u in self.units)
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(u.nbytes for u in self.units if u.pinned)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.manifest.get("weights", {}).get("source") == "random"
+
+    @property
+    def default_input(self) -> str:
+        return self.manifest.get("example_input", "random:1x3x224x224")
+
+    def spec(self) -> ModelSpec:
+        return resolve(self.ref)
+
+    def __repr__(self) -> str:
+        return f"BlockStore({str(self.path)!r}, {self.ref!r}, {len(self.units)} units, {self.total_bytes} bytes)"
+
+    # -- validation --------------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        where = self.path / MANIFEST_NAME
+        end = 0
+        for u in self.units:
+            if u.offset % UNIT_ALIGN or u.nbytes % UNIT_ALIGN or u.nbytes < 0:
+                raise StoreFormatError(f"{where}: unit '{u.name}' is not aligned to {UNIT_ALIGN} bytes")
+            if u.offset < end:
+                raise StoreFormatError(f"{where}: unit '{u.name}' overlaps the unit before it")
+            if u.end > self.file_bytes:
+                raise StoreFormatError(f"{where}: unit '{u.name}' ends past the end of the file")
+            end = u.end
+            for t in u.tensors:
+                numel = 1
+                for d in t.shape:
+                    numel *= d
+                if t.offset < 0 or t.offset + t.nbytes > u.nbytes or t.nbytes != numel * t.dtype.itemsize:
+                    raise StoreFormatError(f"{where}: tensor '{t.name}' lies outside unit '{u.name}' "
+                                           f"or its size does not match its shape")
+        if any(not 0 <= c < len(self.units) or self.units[c].pinned for c in self.calls):
+            raise StoreFormatError(f"{where}: the call order names a unit that does not exist")
+
+    def _check_weights_file(self) -> None:
+        try:
+            size = self.weights_path.stat().st_size
+        except FileNotFoundError:
+            raise StoreTruncatedError(f"{self.weights_path} is missing") from None
+        if size < self.file_bytes:
+            raise StoreTruncatedError(f"{self.weights_path} is truncated: {size} bytes, "
+                                      f"the manifest says {self.file_bytes}")
+        with open(self.weights_path, "rb") as f:
+            head = f.read(8)
+            (header_len,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
+            if not 0 < header_len < min(size, 100 << 20):
+                raise StoreMismatchError(f"{self.weights_path} is not a safetensors file")
+            try:
+                header = json.loads(f.read(header_len))
+            except ValueError:
+                raise StoreMismatchError(f"{self.weights_path} has a malformed safetensors header") from None
+        if header.get("__metadata__", {}).get("store_id") != self.store_id:
+            raise StoreMismatchError(f"{self.path / MANIFEST_NAME} does not belong to {self.weights_path} "
+                                     f"(store ids differ: a manifest of another model or conversion)")
+        data_start = 8 + header_len
+        for u in self.units:
+            for t in u.tensors:
+                entry = header.get(t.name)
+                want = [u.offset + t.offset - data_start, u.offset + t.offset + t.nbytes - data_start]
+                if not entry or entry.get("data_offsets") != want or list(entry.get("shape", [])) != list(t.shape):
+                    raise StoreMismatchError(f"{self.weights_path}: tensor '{t.name}' differs from the manifest")
+
+    # -- the skeleton --------------------------------------------------------------------------
+    def build_skeleton(self) -> nn.Module:
+        """The network on torch.device('meta'): structure only, no weight memory. Checked against the store."""
+        with torch.device("meta"):
+            model = self.spec().build()
+        held = {}
+        for path, module in model.named_modules():
+            for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
+                for attr, t in table.items():
+                    if t is not None:
+                        held[(path, attr)] = (kind, t)
+            for attr, value in vars(module).items():
+                if isinstance(value, torch.Tensor) and value.device.type == "meta":
+                    raise StoreError(f"{self.ref}: module '{path}' keeps tensor '{attr}' outside its parameters "
+                                     f"and buffers; it cannot be rebuilt without weights")
+        stored = {}
+        for u in self.units:
+            for t in u.tensors:
+                for path, attr, kind in t.bindings:
+                    stored[(path, attr)] = (kind, t)
+        missing = sorted(f"{p}.{a}" for p, a in held.keys() - stored.keys())
+        extra = sorted(f"{p}.{a}" for p, a in stored.keys() - held.keys())
+        if missing or extra:
+            raise StoreMismatchError(f"{self.path} does not match {self.ref}: not in the store: "
+                                     f"{missing[:3] or 'none'}, not in the model: {extra[:3] or 'none'}")
+        for key, (kind, entry) in stored.items():
+            held_kind, t = held[key]
+            if held_kind != kind or tuple(t.shape) != entry.shape or t.dtype != entry.dtype:
+                raise StoreMismatchError(f"{self.path}: '{entry.name}' is {kind} {entry.dtype} {list(entry.shape)} "
+                                         f"in the store but {held_kind} {t.dtype} {list(t.shape)} in {self.ref}")
+        return model
+
+
+def _int(d: dict, key: str) -> int:
+    v = d[key]
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{key} must be a non-negative integer")
+    return v
+
+
+def _parse_unit(index: int, u: dict) -> Unit:
+    tensors = []
+    for t in u["tensors"]:
+        dtype = _DTYPE_BY_NAME.get(t["dtype"])
+        if dtype is None:
+            raise ValueError(f"unknown dtype {t['dtype']!r}")
+        shape = tuple(int(d) for d in t["shape"])
+        if any(d < 0 for d in shape):
+            raise ValueError(f"negative dimension in {t['name']}")
+        bindings = tuple((str(p), str(a), str(k)) for p, a, k in t["bindings"])
+        if not bindings or any(k not in ("param", "buffer") for _, _, k in bindings):
+            raise ValueError(f"bad bindings for {t['name']}")
+        tensors.append(TensorEntry(str(t["name"]), dtype, shape, _int(t, "offset"), _int(t, "nbytes"), bindings))
+    checksum = str(u["checksum"])
+    if not checksum.startswith("crc32:"):
+        raise ValueError(f"unknown checksum {checksum!r}")
+    return Unit(index, str(u["name"]), _int(u, "offset"), _int(u, "nbytes"), int(checksum[6:], 16),
+                bool(u["pinned"]), bool(u["traced"]), tuple(tensors))
+
+
+# ------------------------------------------------------------------------------------------------
+# conversion
+
+def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+            input_spec: str | None = None, force: bool = False, progress: bool = True,
+            spec: ModelSpec | None = None) -> BlockStore:
+    """Convert a model into a block store at `out`, atomically (a temporary folder renamed into place)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise StoreError(f"{out} exists (use force=True / --force to replace it)")
+    if out.exists() and not (out / MANIFEST_NAME).is_file():
+        raise StoreError(f"{out} exists and is not a block store; refusing to replace it")
+    spec = spec or resolve(ref)
+    torch.manual_seed(0)  # random weights are reproducible
+    model = spec.build()
+    if weights is not None:
+        load_weights(model, weights)
+    input_spec = input_spec or spec.default_input
+    example = make_input(input_spec)
+    result = trace(model, lambda: call_model(model, spec.call, example))
+    units = _group_units(result)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        manifest = _write_store(tmp, units, result, progress=progress, desc=ref)
+        manifest.update({
+            "architecture": {"ref": ref, "task": spec.task, "call": spec.call,
+                             "class": f"{type(model).__module__}.{type(model).__qualname__}"},
+            "weights": ({"source": "random", "seed": 0} if weights is None else
+                        {"source": str(Path(weights).resolve()), "sha256": _sha256(weights)}),
+            "example_input": input_spec,
+            "created_by": f"swapnet_core {__version__}, torch {torch.__version__}",
+        })
+        _write_durably(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+        _fsync_dir(tmp)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, trash / "store")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BlockStore(out)
+
+
+def _group_units(result) -> list[tuple[str, bool, bool, list[int]]]:
+    """(name, pinned, traced, tensor indices) per unit, in storage order: pinned, called, never called."""
+    members: dict[int, list[int]] = {}
+    for i, unit in enumerate(result.tensor_unit):
+        members.setdefault(unit, []).append(i)
+    units = []
+    if PINNED in members:
+        units.append((PINNED_UNIT, True, True, members.pop(PINNED)))
+    for m in dict.fromkeys(result.calls):  # first-call order
+        if m in members:
+            units.append((result.modules[m], False, True, members.pop(m)))
+    for m in sorted(members):
+        units.append((result.modules[m], False, False, members[m]))
+    return units
+
+
+def _write_store(folder: Path, units, result, *, progress: bool, desc: str) -> dict:
+    from tqdm import tqdm
+
+    # Lay out every unit, relative to the start of the data section.
+    layout = []  # (name, pinned, traced, [(tensor index, offset in unit, nbytes)], unit rel offset, unit nbytes)
+    rel = 0
+    for name, pinned, traced, idx in units:
+        placed, off = [], 0
+        for i in idx:
+            t = result.tensors[i].tensor
+            off = align_up(off, TENSOR_ALIGN)
+            placed.append((i, off, t.numel() * t.element_size()))
+            off += t.numel() * t.element_size()
+        size = align_up(max(off, 1), UNIT_ALIGN)
+        layout.append((name, pinned, traced, placed, rel, size))
+        rel += size
+    data_len = rel
+
+    store_id = uuid.uuid4().hex
+    header: dict = {"__metadata__": {"format": FORMAT, "store_id": store_id}}
+    pads = 0
+    cursor = 0
+    for name, _, _, placed, urel, size in layout:
+        for i, off, n in placed:
+            if urel + off > cursor:
+                header[f"__pad_{pads}__"] = {"dtype": "U8", "shape": [urel + off - cursor], "data_offsets": [cursor, urel + off]}
+                pads += 1
+            t = result.tensors[i].tensor
+            header[result.tensors[i].name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape),
+                                              "data_offsets": [urel + off, urel + off + n]}
+            cursor = urel + off + n
+    if data_len > cursor:
+        header[f"__pad_{pads}__"] = {"dtype": "U8", "shape": [data_len - cursor], "data_offsets": [cursor, data_len]}
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    data_start = align_up(8 + len(header_bytes), UNIT_ALIGN)
+    header_bytes += b" " * (data_start - 8 - len(header_bytes))  # safetensors allows trailing spaces
+
+    manifest_units = []
+    path = folder / WEIGHTS_NAME
+    with open(path, "wb") as f, tqdm(total=data_len, unit="B", unit_scale=True, desc=f"convert {desc}",
+                                     disable=not progress, leave=False) as bar:
+        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+        for name, pinned, traced, placed, urel, size in layout:
+            buf = bytearray(size)
+            entries = []
+            for i, off, n in placed:
+                ref = result.tensors[i]
+                t = ref.tensor.detach().to("cpu").contiguous().reshape(-1)
+                buf[off:off + n] = t.view(torch.uint8).numpy().tobytes() if n else b""
+                entries.append({"name": ref.name, "dtype": str(t.dtype).removeprefix("torch."),
+                                "shape": list(ref.tensor.shape), "offset": off, "nbytes": n,
+                                "bindings": [list(b) for b in ref.bindings]})
+            f.write(buf)
+            manifest_units.append({"name": name, "offset": data_start + urel, "nbytes": size,
+                                   "checksum": f"crc32:{unit_checksum(buf):08x}", "pinned": pinned,
+                                   "traced": traced, "tensors": entries})
+            bar.update(size)
+        f.flush()
+        os.fsync(f.fileno())
+    # the recorded call order, in unit indices (pinned and tensor-less modules drop out)
+    unit_of_module = {result.modules.index(name): k for k, (name, pinned, *_r) in enumerate(units) if not pinned}
+    calls = [unit_of_module[m] for m in result.calls if m in unit_of_module]
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "store_id": store_id,
+            "weights_file": WEIGHTS_NAME, "file_bytes": data_start + data_len, "data_offset": data_start,
+            "unit_alignment": UNIT_ALIGN, "units": manifest_units, "calls": calls}
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
