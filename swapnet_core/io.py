@@ -1,0 +1,142 @@
+"""Reading byte ranges of a store straight into memory the model computes on.
+
+"direct": O_DIRECT reads into the caller's (page-aligned) buffer: no page-cache copy. Where the file
+system refuses O_DIRECT (tmpfs), buffered reads followed by posix_fadvise(DONTNEED), said once.
+"mmap": the range is mapped; the model computes on the mapped pages (zero copy from the page cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import threading
+
+import torch
+
+from .errors import StoreCorruptError, StoreTruncatedError
+from .store import UNIT_ALIGN, Unit, unit_checksum
+
+log = logging.getLogger("swapnet_core.io")
+IO_MODES = ("direct", "mmap")
+_MAX_READ = 1 << 30  # Linux returns at most ~2 GiB per read call; ask for less
+_warned_fallback: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+class HostBuffer:
+    """Page-aligned host memory (an anonymous mapping), exposed as a uint8 tensor."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+        self._map = mmap.mmap(-1, max(nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.tensor = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes) if nbytes else torch.empty(0, dtype=torch.uint8)
+        self.view = memoryview(self._map)[:nbytes]
+
+    def close(self) -> None:
+        self.tensor = None
+        self.view.release()
+        try:
+            self._map.close()
+        except BufferError:  # a tensor view is still alive somewhere; the mapping goes with it
+            log.debug("host buffer still referenced at close")
+
+
+class BlockReader:
+    """Reads unit ranges of one store file, verifying each unit's checksum."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "direct", verify: bool = True):
+        if mode not in IO_MODES:
+            raise ValueError(f"io mode must be one of {IO_MODES}, got {mode!r}")
+        self.path, self.mode, self.verify = str(path), mode, verify
+        self.effective_mode = mode
+        self._fd = -1
+        if mode == "direct":
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:
+                self.effective_mode = "buffered"
+                with _warn_lock:
+                    if self.path not in _warned_fallback:
+                        _warned_fallback.add(self.path)
+                        log.warning("%s: O_DIRECT is not supported here; reading through the page cache "
+                                    "and dropping it after each read (posix_fadvise DONTNEED)", self.path)
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDONLY)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read_into(self, units: list[Unit], dest: memoryview) -> int:
+        """Read consecutive units (one contiguous range) into dest, which must be page-aligned for
+        direct mode. Returns the bytes read."""
+        start, end = units[0].offset, units[-1].end
+        n = end - start
+        done = 0
+        while done < n:
+            chunk = min(n - done, _MAX_READ)
+            got = os.preadv(self._fd, [dest[done:done + chunk]], start + done)
+            if got <= 0:
+                raise StoreTruncatedError(f"{self.path}: read {start + done}..{end} came back short "
+                                          f"(the file was truncated or replaced)")
+            done += got
+        if self.effective_mode == "buffered":
+            os.posix_fadvise(self._fd, start, n, os.POSIX_FADV_DONTNEED)
+        if self.verify:
+            self.check(units, dest, start)
+        return n
+
+    def map(self, units: list[Unit]) -> mmap.mmap:
+        """Map consecutive units and fault them in (the checksum pass reads every page)."""
+        start, end = units[0].offset, units[-1].end
+        try:
+            m = mmap.mmap(self._fd, end - start, flags=mmap.MAP_PRIVATE, offset=start)
+        except ValueError:
+            raise StoreTruncatedError(f"{self.path}: cannot map {start}..{end} (file truncated?)") from None
+        m.madvise(mmap.MADV_WILLNEED)
+        view = memoryview(m)
+        try:
+            self.check(units, view, start, always=True)
+        except Exception:
+            view.release()
+            m.close()
+            raise
+        view.release()
+        return m
+
+    def check(self, units: list[Unit], buf: memoryview, base: int, always: bool = False) -> None:
+        for u in units:
+            crc = unit_checksum(buf[u.offset - base:u.end - base])
+            if (self.verify or always) and crc != u.checksum:
+                raise StoreCorruptError(self.path, u.name, f"{u.checksum:08x}", f"{crc:08x}")
+
+
+def page_cache_residency(path: str | os.PathLike) -> float:
+    """Share of the file's pages in the page cache (mincore over a mapping of the file)."""
+    import ctypes
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = ctypes.create_string_buffer(pages)
+        try:
+            if libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+            return sum(b & 1 for b in vec.raw) / pages
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
