@@ -1,0 +1,196 @@
+"""SwapModel on a real network: exact, bounded, prefetching, and clear about bad budgets and bad stores."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from swapnet_core import (BudgetTooSmallError, BlockStore, StoreCorruptError, StoreMismatchError, StoreNotFoundError,
+                          StoreTruncatedError, SwapModel, load_resident, minimum_budget)
+from swapnet_core.models import make_input
+from swapnet_core.sizes import parse_size
+
+RESNET, X = "torchvision:resnet18", "random:1x3x64x64"
+
+
+@pytest.fixture(scope="module")
+def resnet(convert_once):
+    store = convert_once(RESNET, X)
+    with torch.no_grad():
+        return store, load_resident(store)(make_input(X, seed=3))
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+@pytest.mark.parametrize("io", ["direct", "mmap"])
+@pytest.mark.parametrize("share", ["1/2", "1/4", "1/6"])
+def test_swapped_is_bit_identical_and_within_budget(resnet, share, io, prefetch):
+    store, want = resnet
+    budget = max(parse_size(share, of=store.total_bytes), minimum_budget(store, prefetch))
+    with SwapModel(store, budget, io=io, prefetch=prefetch) as model:
+        for _ in range(3):
+            assert torch.equal(model(make_input(X, seed=3)), want)
+        s = model.stats
+        assert s.peak_resident_weight_bytes <= budget
+        assert model.plan.arena_bytes <= budget
+        assert s.bytes_read == 3 * store.total_bytes and s.misses == 0
+        assert len(model.plan.blocks) > 1
+        # after a call nothing is bound: every weight points back at meta
+        assert all(p.device.type == "meta" for p in model.module.parameters())
+
+
+def test_budget_above_the_model_keeps_everything_resident(resnet):
+    store, want = resnet
+    with SwapModel(store, store.total_bytes * 2) as model:
+        for _ in range(3):
+            assert torch.equal(model(make_input(X, seed=3)), want)
+        assert model.stats.bytes_read == store.total_bytes  # read once, kept between calls
+        assert model.plan.keep_resident
+
+
+def test_budget_below_minimum_is_refused_with_the_minimum(resnet):
+    store, _ = resnet
+    minimum = minimum_budget(store)
+    with pytest.raises(BudgetTooSmallError) as e:
+        SwapModel(store, minimum - 1)
+    assert e.value.minimum_bytes == minimum and str(minimum) in str(e.value)
+    for bad in ["0", "-5MB", "nan", "lots", "1/0", "12 parsecs"]:
+        with pytest.raises(ValueError):
+            SwapModel(store, bad)
+
+
+def test_budget_strings(resnet):
+    store, _ = resnet
+    assert parse_size("96MB") == 96_000_000 and parse_size("64MiB") == 64 << 20
+    assert parse_size("25%", of=1000) == parse_size("1/4", of=1000) == parse_size("0.25x", of=1000) == 250
+    with SwapModel(store, "1/2") as model:
+        assert model.budget_bytes == store.total_bytes // 2
+
+
+def test_a_failing_forward_leaves_the_model_usable(resnet):
+    store, want = resnet
+    with SwapModel(store, "1/2") as model:
+        with pytest.raises(RuntimeError):
+            model(torch.zeros(1, 7, 64, 64))  # wrong channel count: fails inside the first conv
+        assert torch.equal(model(make_input(X, seed=3)), want)
+
+
+def test_close_releases_everything(resnet):
+    store, _ = resnet
+    model = SwapModel(store, "1/2")
+    model(make_input(X))
+    model.close()
+    assert all(p.device.type == "meta" for p in model.module.parameters())
+    with pytest.raises(RuntimeError, match="closed"):
+        model(make_input(X))
+
+
+def copy_store(store, dest):
+    shutil.copytree(store.path, dest)
+    return BlockStore(dest)
+
+
+def test_flipped_byte_names_the_unit_and_file(resnet, disk_dir):
+    store, _ = resnet
+    bad = copy_store(store, disk_dir / "flipped")
+    unit = bad.units[len(bad.units) // 2]
+    with open(bad.weights_path, "r+b") as f:
+        f.seek(unit.tensors[0].offset + unit.offset + 5)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    for io in ("direct", "mmap"):
+        with SwapModel(bad, "1/2", io=io) as model:
+            with pytest.raises(StoreCorruptError) as e:
+                model(make_input(X))
+            assert e.value.unit == unit.name and str(bad.weights_path) in str(e.value)
+
+
+def test_truncated_store_is_refused_at_open_and_at_read(resnet, disk_dir):
+    store, _ = resnet
+    bad = copy_store(store, disk_dir / "truncated")
+    model = SwapModel(bad, "1/2")  # opened while whole
+    os.truncate(bad.weights_path, bad.file_bytes // 2)
+    with pytest.raises(StoreTruncatedError, match="truncated"):
+        BlockStore(bad.path)
+    with pytest.raises(StoreTruncatedError):
+        model(make_input(X))
+    model.close()
+
+
+def test_manifest_of_another_model_is_refused(resnet, convert_once, disk_dir):
+    store, _ = resnet
+    other = convert_once("toy_models:branchy", "random:1x3x16x16")
+    mixed = disk_dir / "mixed"
+    mixed.mkdir()
+    shutil.copy(other.path / "manifest.json", mixed / "manifest.json")
+    shutil.copy(store.weights_path, mixed / "weights.safetensors")
+    with pytest.raises(StoreMismatchError, match="another"):
+        BlockStore(mixed)
+    # a manifest whose model reference no longer builds the stored tensors
+    renamed = copy_store(store, disk_dir / "renamed")
+    m = json.loads((renamed.path / "manifest.json").read_text())
+    m["architecture"]["ref"] = "torchvision:resnet34"
+    (renamed.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreMismatchError, match="does not match"):
+        SwapModel(renamed.path, "1/2")
+    with pytest.raises(StoreNotFoundError):
+        BlockStore(disk_dir)
+
+
+def test_direct_io_bypasses_the_page_cache(resnet):
+    from swapnet_core.io import page_cache_residency
+
+    store, _ = resnet
+    fd = os.open(store.weights_path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    assert page_cache_residency(store.weights_path) < 0.05
+    with SwapModel(store, "1/2", io="direct") as model:
+        assert model._reader.effective_mode == "direct"
+        for _ in range(2):
+            model(make_input(X))
+    assert page_cache_residency(store.weights_path) < 0.05
+    with SwapModel(store, "1/2", io="mmap") as model:  # the check can fail: mmap fills the cache
+        model(make_input(X))
+    assert page_cache_residency(store.weights_path) > 0.9
+
+
+@pytest.fixture
+def no_direct_io_dir(tmp_path):
+    """A folder whose file system refuses O_DIRECT: a ramfs mounted for the test (root), else tmpfs if
+    this kernel's tmpfs still refuses it."""
+    from conftest import supports_o_direct
+
+    mount = tmp_path / "ramfs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mount)], capture_output=True).returncode == 0
+    try:
+        if mounted and not supports_o_direct(mount):
+            yield mount
+        elif os.path.isdir("/dev/shm") and not supports_o_direct(Path("/dev/shm")):
+            shm = Path(f"/dev/shm/swapnet-test-{os.getpid()}")
+            shm.mkdir()
+            yield shm
+            shutil.rmtree(shm, ignore_errors=True)
+        else:
+            pytest.skip("no file system that refuses O_DIRECT can be had here (ramfs needs root)")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_no_o_direct_falls_back_to_buffered_reads_and_says_so_once(resnet, no_direct_io_dir, caplog):
+    store, want = resnet
+    copy = copy_store(store, no_direct_io_dir / "store")
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            with SwapModel(copy, "1/2", io="direct") as model:
+                assert model._reader.effective_mode == "buffered"
+                assert torch.equal(model(make_input(X, seed=3)), want)
+    warnings = [r for r in caplog.records if "O_DIRECT" in r.getMessage()]
+    assert len(warnings) == 1
