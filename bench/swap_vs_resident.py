@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Resident vs. swapped (direct and mmap io) for the zoo networks at 1/2, 1/4 and 1/6 of their weight
+bytes (or the minimum feasible budget, if higher). Runs are interleaved so drift hits all alike;
+figures are medians of one run. Prints a table and writes bench/results/swap_vs_resident.json.
+
+  .venv/bin/python bench/swap_vs_resident.py [--quick] [--repeat N] [--stores DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from swapnet_core import BlockStore, SwapModel, convert, load_resident, minimum_budget
+from swapnet_core.models import call_model, make_input, max_abs_diff
+from swapnet_core.sizes import format_bytes, parse_size
+
+MODELS = {
+    "fasterrcnn_resnet50_fpn": ("torchvision:fasterrcnn_resnet50_fpn?min_size=480&max_size=640", "random:1x3x480x640"),
+    "deeplabv3_resnet101": ("torchvision:deeplabv3_resnet101", "random:1x3x480x640"),
+    "vit_b_16": ("torchvision:vit_b_16", "random:1x3x224x224"),
+    "depth_anything_base": ("transformers:depth-anything-base", "random:1x3x364x490"),
+}
+QUICK = {"resnet50": ("torchvision:resnet50", "random:1x3x224x224")}
+SHARES = ("1/2", "1/4", "1/6")
+IO_MODES = ("direct", "mmap")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one small model, same table")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--stores", default="stores/bench", help="where converted stores are kept between runs")
+    ap.add_argument("--out", default="bench/results/swap_vs_resident.json")
+    args = ap.parse_args()
+    models = QUICK if args.quick else MODELS
+    rows = []
+    for name, (ref, spec) in models.items():
+        path = Path(args.stores) / name
+        try:
+            store = BlockStore(path)
+            assert store.ref == ref
+        except Exception:
+            store = convert(ref, path, input_spec=spec, force=path.exists())
+        x = make_input(spec, seed=1)
+        resident = load_resident(store)
+        configs = []
+        for share in SHARES:
+            requested = parse_size(share, of=store.total_bytes)
+            budget = max(requested, minimum_budget(store))
+            for io in IO_MODES:
+                configs.append((share, budget, io, SwapModel(store, budget, io=io)))
+        with torch.no_grad():
+            want = call_model(resident, store.call, x)  # warm-up and reference
+            diffs = {id(m): max_abs_diff(want, call_model(m, store.call, x)) for *_, m in configs}
+            times = {"resident": []} | {id(m): [] for *_, m in configs}
+            for m in [c[3] for c in configs]:
+                m.reset_stats()
+            for _ in tqdm(range(args.repeat), desc=name, file=sys.stderr, leave=False):
+                for key, model in [("resident", resident)] + [(id(c[3]), c[3]) for c in configs]:
+                    t = time.perf_counter()
+                    call_model(model, store.call, x)
+                    times[key].append((time.perf_counter() - t) * 1000)
+        resident_ms = statistics.median(times["resident"])
+        for share, budget, io, model in configs:
+            s = model.stats
+            ms = statistics.median(times[id(model)])
+            rows.append({
+                "model": name, "ref": ref, "input": spec, "weight_bytes": store.total_bytes,
+                "budget_fraction": share, "budget_bytes": budget,
+                "min_feasible": budget > parse_size(share, of=store.total_bytes), "io": io,
+                "effective_io": model._reader.effective_mode, "blocks": len(model.plan.blocks),
+                "resident_ms_median": resident_ms, "swapped_ms_median": ms, "ratio": ms / resident_ms,
+                "swapped_ms_p95": sorted(times[id(model)])[int(0.95 * (len(times[id(model)]) - 1))],
+                "stall_ms_per_call": s.stall_seconds * 1000 / s.calls, "read_ms_per_call": s.read_seconds * 1000 / s.calls,
+                "peak_resident_weight_bytes": s.peak_resident_weight_bytes,
+                "bytes_read_per_call": s.bytes_read // s.calls, "max_abs_diff": diffs[id(model)],
+            })
+            model.close()
+        del resident
+    print_table(rows)
+    result = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "python": platform.python_version()},
+              "repeat": args.repeat, "warm_page_cache": "not dropped (direct io bypasses it; mmap reads it)",
+              "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def print_table(rows) -> None:
+    head = f"{'model':24}{'budget':>8}{'io':>8}{'blocks':>7}{'resident ms':>12}{'swapped ms':>11}{'ratio':>7}" \
+           f"{'stall ms':>9}{'peak weights':>14}{'budget':>11}{'|diff|':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        share = r["budget_fraction"] + ("*" if r["min_feasible"] else "")
+        print(f"{r['model']:24}{share:>8}{r['io']:>8}{r['blocks']:>7}{r['resident_ms_median']:12.1f}"
+              f"{r['swapped_ms_median']:11.1f}{r['ratio']:7.2f}{r['stall_ms_per_call']:9.1f}"
+              f"{format_bytes(r['peak_resident_weight_bytes']):>14}{format_bytes(r['budget_bytes']):>11}{r['max_abs_diff']:7.0g}")
+    print("* budget raised to the minimum feasible for this model")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
