@@ -26,31 +26,99 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("run", help="run a store under a weight budget")
-    p.add_argument("store")
+    p.add_argument("store", help="a block store made by `swapnet convert`")
     p.add_argument("--budget", required=True, help="e.g. 96MB, 64MiB, 25%%, 1/4, 0.25x")
     p.add_argument("--input", help="an image file[@HxW] or random:NxCxHxW (default: the conversion's)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs (after one warm-up)")
-    p.add_argument("--io", choices=("direct", "mmap"), default="direct")
-    p.add_argument("--prefetch", type=int, choices=(0, 1), default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs after one warm-up (default 5)")
+    _io_options(p)
+    _plan_options(p)
     p.add_argument("--compare-resident", action="store_true",
                    help="also run the fully resident model (needs its full memory) and compare outputs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("plan", help="cut a store into blocks for a budget and predict the latency")
+    p.add_argument("store", help="a block store made by `swapnet convert`")
+    p.add_argument("--budget", required=True, help="e.g. 96MB, 64MiB, 25%%, 1/4, 0.25x")
+    p.add_argument("--input", help="the input to profile with (default: the conversion's)")
+    _io_options(p)
+    _plan_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("info", help="describe a store")
-    p.add_argument("store")
+    p.add_argument("store", help="a block store made by `swapnet convert`")
     p.add_argument("--verify", action="store_true", help="read every unit and check its checksum")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="swapnet: %(levelname)s: %(message)s")
     try:
-        return {"convert": _convert, "run": _run, "info": _info}[args.command](args)
+        return {"convert": _convert, "run": _run, "plan": _plan, "info": _info}[args.command](args)
     except (SwapNetError, ValueError, OSError) as e:
         print(f"swapnet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _io_options(p) -> None:
+    p.add_argument("--io", choices=("direct", "mmap"), default="direct",
+                   help="direct: O_DIRECT reads into the arena, no page cache (default); mmap: compute on mapped pages")
+    p.add_argument("--prefetch", type=int, choices=(0, 1), default=1,
+                   help="1: read the next block while the current one computes (default); 0: read on demand")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+
+
+def _plan_options(p) -> None:
+    p.add_argument("--plan", choices=("optimal", "greedy", "uniform"), default="optimal",
+                   help="how to cut blocks (optimal: profile, then dynamic programming; default)")
+    p.add_argument("--activation-reserve", default="0",
+                   help="memory the budget keeps for activations, e.g. 64MiB (default 0: the budget is for weights)")
+    p.add_argument("--reprofile", action="store_true", help="measure again instead of using profile.json")
+
+
+def _make_plan(args, store, x):
+    from .plan import make_plan
+    from .profile import load_profile
+    from .sizes import parse_size
+
+    reserve = 0 if str(args.activation_reserve).strip() in ("0", "") else parse_size(args.activation_reserve)
+    budget = parse_size(args.budget, of=store.total_bytes)
+    profile = load_profile(store, x, args.device, args.io, refresh=args.reprofile, budget_bytes=budget)
+    t = time.perf_counter()
+    plan = make_plan(store, budget, args.plan, profile, args.prefetch, reserve)
+    return plan, profile, time.perf_counter() - t
+
+
+def _plan(args) -> int:
+    from .models import make_input
+    from .store import BlockStore
+
+    store = BlockStore(args.store)
+    plan, profile, seconds = _make_plan(args, store, make_input(args.input or store.default_input))
+    result = plan.as_dict() | {"store": str(store.path), "model": store.ref, "random_weights": store.random_weights,
+                               "model_weight_bytes": store.total_bytes, "planning_ms": seconds * 1000,
+                               "io_profile": {"mode": profile.io.mode, "latency_s": profile.io.latency_s,
+                                              "bandwidth_bytes_per_s": profile.io.bandwidth_bytes_per_s},
+                               "resident_ms": profile.compute.total_s * 1000}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    pred = plan.prediction
+    print(f"{store.ref}{' (random weights)' if store.random_weights else ''}: {plan.describe()}")
+    print(f"planned in {seconds * 1000:.1f} ms; read path {profile.io.mode}: "
+          f"{profile.io.bandwidth_bytes_per_s / 2**20:.0f} MiB/s + {profile.io.latency_s * 1e6:.0f} us per read")
+    print(f"{'block':>6}{'units':>14}{'bytes':>12}  first unit")
+    for b in plan.blocks:
+        tag = "resident" if b.resident else ("on demand" if not b.in_sequence else "")
+        print(f"{b.index:>6}{f'{b.units[0]}-{b.units[-1]}':>14}{format_bytes(b.nbytes):>12}  "
+              f"{store.units[b.units[0]].name} {tag}")
+    print(f"predicted latency {pred.latency_s * 1000:.1f} ms = compute {pred.compute_s * 1000:.1f} ms "
+          f"+ exposed I/O {pred.exposed_io_s * 1000:.1f} ms (resident model {profile.compute.total_s * 1000:.1f} ms); "
+          f"reads {format_bytes(pred.read_bytes)} per call")
+    if pred.peak_bytes is not None:
+        print(f"predicted peak memory {format_bytes(pred.peak_bytes)} = arena {format_bytes(plan.arena_bytes)} "
+              f"+ activations {format_bytes(pred.peak_bytes - plan.arena_bytes)}")
+    return 0
 
 
 def _convert(args) -> int:
@@ -76,7 +144,8 @@ def _run(args) -> int:
         raise ValueError("--repeat must be at least 1")
     store = BlockStore(args.store)
     x = make_input(args.input or store.default_input).to(args.device)
-    swapped = SwapModel(store, args.budget, device=args.device, io=args.io, prefetch=args.prefetch)
+    plan, _profile, _seconds = _make_plan(args, store, x)
+    swapped = SwapModel(store, plan.budget_bytes, device=args.device, io=args.io, plan=plan)
     resident = load_resident(store, args.device) if args.compare_resident else None
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
 
@@ -99,7 +168,9 @@ def _run(args) -> int:
     result = {
         "store": str(store.path), "model": store.ref, "random_weights": store.random_weights,
         "input": args.input or store.default_input, "io": args.io, "effective_io": swapped._reader.effective_mode,
-        "device": args.device, "plan": swapped.plan.kind, "blocks": len(swapped.plan.blocks),
+        "device": args.device, "plan": plan.kind, "blocks": len(plan.blocks),
+        "predicted_ms": plan.prediction.latency_s * 1000 if plan.prediction else None,
+        "resident_block_bytes": plan.resident_bytes, "pinned_bytes": plan.pinned_bytes,
         "budget_bytes": swapped.budget_bytes, "arena_bytes": swapped.plan.arena_bytes,
         "model_weight_bytes": store.total_bytes,
         "max_abs_diff": max_abs_diff(out_r, out_s) if resident is not None else None,
@@ -141,7 +212,7 @@ def _info(args) -> int:
             "units": len(store.units), "pinned_units": sum(u.pinned for u in store.units),
             "weight_bytes": store.total_bytes, "pinned_bytes": store.pinned_bytes,
             "segments": len(ordered), "never_called_units": len(detached),
-            "minimum_budget_bytes": minimum_budget(store), "minimum_budget_bytes_no_prefetch": minimum_budget(store, 0)}
+            "minimum_budget_bytes": minimum_budget(store), "minimum_budget_no_prefetch_bytes": minimum_budget(store, 0)}
     if args.verify:
         units = store.units
         buf = HostBuffer(units[-1].end - units[0].offset)

@@ -18,7 +18,9 @@ from torch import nn
 
 from .io import BlockReader
 from .memory import ArenaMemory
-from .plan import Plan, plan_greedy
+from .models import make_input
+from .plan import Plan, make_plan
+from .profile import load_profile
 from .sizes import parse_size
 from .store import BlockStore, Unit
 
@@ -78,34 +80,49 @@ class SwapModel:
     """
 
     def __init__(self, store: BlockStore | str, budget_bytes: int | str, device: str | torch.device = "cpu",
-                 io: str = "direct", prefetch: int = 1, plan: Plan | None = None, verify: bool = True):
+                 io: str = "direct", prefetch: int = 1, plan: Plan | str = "optimal", verify: bool = True,
+                 example_input: torch.Tensor | None = None, activation_reserve: int = 0):
         self.store = store if isinstance(store, BlockStore) else BlockStore(store)
         self.device = torch.device(device)
         if io == "mmap" and self.device.type != "cpu":
             raise ValueError("io='mmap' computes on mapped file pages, which only the CPU can; use io='direct'")
         self.budget_bytes = parse_size(budget_bytes, of=self.store.total_bytes)
-        self.plan = plan or plan_greedy(self.store, self.budget_bytes, prefetch)
+        if not isinstance(plan, Plan):
+            profile = None
+            if plan == "optimal":
+                x = example_input if example_input is not None else make_input(self.store.default_input)
+                profile = load_profile(self.store, x, self.device, io, budget_bytes=self.budget_bytes)
+            plan = make_plan(self.store, self.budget_bytes, plan, profile, prefetch, activation_reserve)
+        self.plan = plan
         self.io = io
         self.stats = SwapStats()
         self.module = self.store.build_skeleton()
         units = self.store.units
         self._binder = _Binder(self.module, units)
         self._reader = BlockReader(self.store.weights_path, io, verify)
-        arena_bytes = self.plan.pinned_bytes + (self.plan.swap_bytes if io == "direct" else 0)
-        self._memory = ArenaMemory(arena_bytes, self.device, staging_bytes=max((b.nbytes for b in self.plan.blocks), default=0))
+        fixed = [b for b in self.plan.blocks if b.resident]
+        self._swap_base = self.plan.pinned_bytes + self.plan.resident_bytes
+        arena_bytes = self._swap_base + (self.plan.swap_bytes if io == "direct" else 0)
+        self._memory = ArenaMemory(arena_bytes, self.device,
+                                   staging_bytes=max([self._swap_base] + [b.nbytes for b in self.plan.blocks]))
         self._block_of = self.plan.block_of_unit()
         self._lock = threading.Lock()
         self._io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-io")
-        self._resident: dict[int, _Resident] = {}
+        self._resident: dict[int, _Resident] = {}  # swapped blocks now in the swap region
+        self._fixed = {b.index for b in fixed}  # blocks loaded once, next to the pinned tensors
         self._pending: tuple[int, int, Future] | None = None
         self._current: int | None = None
         self._closed = False
-        pinned = [u for u in units if u.pinned]
-        if pinned:
-            self.stats.bytes_read += self._memory.fill(self._reader, pinned, 0)
-            for u in pinned:
-                self._binder.bind(u, self._memory.compute, u.offset - pinned[0].offset)
-        self._hooks = [self._hook_unit(u) for u in units if not u.pinned]
+        # pinned tensors and resident blocks: the file's leading units, one read into the arena's start
+        always = [u for u in units if u.pinned] + [self.store.units[i] for b in fixed for i in b.units]
+        always.sort(key=lambda u: u.offset)
+        if always:
+            if always[-1].end - always[0].offset != self._swap_base:
+                raise RuntimeError("pinned tensors and resident blocks must lead the store file")
+            self.stats.bytes_read += self._memory.fill(self._reader, always, 0)
+            for u in always:
+                self._binder.bind(u, self._memory.compute, u.offset - always[0].offset)
+        self._hooks = [self._hook_unit(u) for u in units if not u.pinned and self._block_of.get(u.index) not in self._fixed]
         self._note_resident()
 
     # -- public --------------------------------------------------------------------------------
@@ -121,7 +138,7 @@ class SwapModel:
                 ok = True
                 return out
             finally:
-                self._finish(keep=ok and self.plan.keep_resident)
+                self._finish()
                 self.stats.calls += 1
                 self.stats.compute_seconds += time.perf_counter() - start - (self.stats.stall_seconds - stalled)
 
@@ -134,10 +151,10 @@ class SwapModel:
             if self._closed:
                 return
             self._closed = True
-            self._finish(keep=False)
+            self._finish()
             self._io.shutdown(wait=True)
             for u in self.store.units:
-                if u.pinned:
+                if u.pinned or self._block_of.get(u.index) in self._fixed:
                     self._binder.unbind(u)
             for h in self._hooks:
                 h.remove()
@@ -168,8 +185,9 @@ class SwapModel:
         return module.register_forward_pre_hook(pre_hook)
 
     def _begin(self) -> None:
-        if self.plan.blocks and 0 not in self._resident and self._pending is None:
-            self._prefetch(0)
+        first = next((b.index for b in self.plan.blocks if b.in_sequence and not b.resident), None)
+        if first is not None and first not in self._resident and self._pending is None:
+            self._prefetch(first)  # read while the prologue and any resident blocks compute
 
     def _enter(self, b: int) -> None:
         t0 = time.perf_counter()
@@ -178,8 +196,9 @@ class SwapModel:
             if self._pending is not None and self._pending[0] == b:
                 self._await_pending()
             else:
-                sequential = (blocks[b].in_sequence and self.plan.prefetch == 0 and
-                              (self._current is None and b == 0 or self._current is not None and b == self._current + 1))
+                cur = self._current
+                sequential = (blocks[b].in_sequence and self.plan.prefetch == 0
+                              and cur is not None and b == cur + 1)
                 if not sequential:
                     self.stats.misses += 1
                 self._load_now(b)
@@ -195,8 +214,8 @@ class SwapModel:
 
     def _side_offset(self, b: int, side: int) -> int:
         if side == 0:
-            return self.plan.pinned_bytes
-        return self.plan.pinned_bytes + self.plan.swap_bytes - self.plan.blocks[b].nbytes
+            return self._swap_base
+        return self._swap_base + self.plan.swap_bytes - self.plan.blocks[b].nbytes
 
     def _make_room(self, b: int, keep_first: list) -> int:
         """Evict what must go for block b to load; return the side it goes to. Runs at a unit boundary,
@@ -265,19 +284,18 @@ class SwapModel:
         if self._current == b:
             self._current = None
 
-    def _finish(self, keep: bool) -> None:
+    def _finish(self) -> None:
         if self._pending is not None:
             try:
                 self._await_pending()
             except Exception:
                 pass  # the forward already failed or finished; nothing waits for this block
-        if not keep:
-            for b in list(self._resident):
-                self._evict(b)
+        for b in list(self._resident):
+            self._evict(b)
         self._current = None
 
     def _resident_bytes(self) -> int:
-        return self.plan.pinned_bytes + sum(self.plan.blocks[b].nbytes for b in self._resident)
+        return self._swap_base + sum(self.plan.blocks[b].nbytes for b in self._resident)
 
     def _note_resident(self, extra: int = 0) -> None:
         self.stats.peak_resident_weight_bytes = max(self.stats.peak_resident_weight_bytes,

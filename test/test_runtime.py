@@ -24,22 +24,29 @@ def resnet(convert_once):
         return store, load_resident(store)(make_input(X, seed=3))
 
 
+@pytest.mark.parametrize("plan", ["optimal", "greedy", "uniform"])
 @pytest.mark.parametrize("prefetch", [0, 1])
 @pytest.mark.parametrize("io", ["direct", "mmap"])
 @pytest.mark.parametrize("share", ["1/2", "1/4", "1/6"])
-def test_swapped_is_bit_identical_and_within_budget(resnet, share, io, prefetch):
+def test_swapped_is_bit_identical_and_within_budget(resnet, share, io, prefetch, plan):
     store, want = resnet
     budget = max(parse_size(share, of=store.total_bytes), minimum_budget(store, prefetch))
-    with SwapModel(store, budget, io=io, prefetch=prefetch) as model:
+    with SwapModel(store, budget, io=io, prefetch=prefetch, plan=plan) as model:
         for _ in range(3):
             assert torch.equal(model(make_input(X, seed=3)), want)
-        s = model.stats
+        s, p = model.stats, model.plan
         assert s.peak_resident_weight_bytes <= budget
-        assert model.plan.arena_bytes <= budget
-        assert s.bytes_read == 3 * store.total_bytes and s.misses == 0
-        assert len(model.plan.blocks) > 1
-        # after a call nothing is bound: every weight points back at meta
-        assert all(p.device.type == "meta" for p in model.module.parameters())
+        assert p.arena_bytes <= budget and p.kind == plan
+        # resident blocks are read once; swapped ones on every call; nothing out of order
+        swapped = sum(b.nbytes for b in p.blocks if b.in_sequence and not b.resident)
+        assert s.bytes_read == p.pinned_bytes + p.resident_bytes + 3 * swapped and s.misses == 0
+        assert swapped > 0 and len(p.blocks) > 1
+        # after a call no swapped block is bound: their weights point back at meta
+        fixed = {u for b in p.blocks if b.resident for u in b.units}
+        for u in store.units:
+            if not u.pinned and u.index not in fixed:
+                assert all(getattr(model.module.get_submodule(path), attr).device.type == "meta"
+                           for t in u.tensors for path, attr, _ in t.bindings)
 
 
 def test_budget_above_the_model_keeps_everything_resident(resnet):
@@ -103,16 +110,18 @@ def test_flipped_byte_names_the_unit_and_file(resnet, disk_dir):
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
     for io in ("direct", "mmap"):
-        with SwapModel(bad, "1/2", io=io) as model:
+        with SwapModel(bad, "1/2", io=io, plan="greedy") as model:  # greedy: the unit is swapped in per call
             with pytest.raises(StoreCorruptError) as e:
                 model(make_input(X))
             assert e.value.unit == unit.name and str(bad.weights_path) in str(e.value)
+    with pytest.raises(StoreCorruptError):  # a resident block is checked when it is loaded, at open
+        SwapModel(bad, bad.total_bytes)
 
 
 def test_truncated_store_is_refused_at_open_and_at_read(resnet, disk_dir):
     store, _ = resnet
     bad = copy_store(store, disk_dir / "truncated")
-    model = SwapModel(bad, "1/2")  # opened while whole
+    model = SwapModel(bad, "1/2", plan="greedy")  # opened while whole
     os.truncate(bad.weights_path, bad.file_bytes // 2)
     with pytest.raises(StoreTruncatedError, match="truncated"):
         BlockStore(bad.path)

@@ -1,0 +1,258 @@
+"""Profiler: what the planner needs to predict a plan's latency.
+
+Per unit: compute time (median over runs, on the target device and thread count) of its window (from
+its pre-hook to the next unit's, the same windows the runtime swaps at), plus the time before the
+first unit (the "prologue", which overlaps the first read). Per model and input: the activation peak.
+Per io mode: read latency and bandwidth of the real read path (read + checksum) on the store file,
+cold (page cache dropped first) and warm. Results are cached next to the store in profile.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .io import BlockReader, HostBuffer
+from .models import call_model
+from .store import BlockStore
+
+log = logging.getLogger("swapnet_core.profile")
+PROFILE_NAME = "profile.json"
+READ_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 48 << 20)
+
+
+@dataclass
+class ComputeProfile:
+    key: str
+    prologue_s: float
+    unit_s: dict[int, float]  # unit index -> median seconds per call of its windows
+    total_s: float  # median forward time of the resident model
+    activation_peak_bytes: int | None
+    runs: int
+
+
+@dataclass
+class IOProfile:
+    mode: str
+    cold: bool
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    samples: list[tuple[int, float]] = field(default_factory=list)  # (bytes, median seconds)
+
+    def read_seconds(self, nbytes: int) -> float:
+        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+
+
+@dataclass
+class Profile:
+    compute: ComputeProfile
+    io: IOProfile
+
+
+def compute_key(device: torch.device | str, x: torch.Tensor) -> str:
+    device = torch.device(device)
+    return f"{device.type}|{x.dtype}|{'x'.join(map(str, x.shape))}|threads={torch.get_num_threads()}"
+
+
+def profile_compute(store: BlockStore, x: torch.Tensor, device: str = "cpu", runs: int = 5,
+                    budget_bytes: int | None = None) -> ComputeProfile:
+    """Time every unit window (median of `runs` forwards after one warm-up). The model runs swapped
+    within `budget_bytes` (default: the smallest budget), reading on demand with no prefetch, so
+    profiling needs no more memory than running; the read time is taken out of each window."""
+    from .plan import minimum_budget, plan_greedy
+    from .runtime import SwapModel
+
+    device = torch.device(device)
+    budget = max(minimum_budget(store, 0), min(budget_bytes or 0, store.total_bytes))
+    model = SwapModel(store, budget, device=device, prefetch=0, plan=plan_greedy(store, budget, prefetch=0))
+    modules = dict(model.module.named_modules())
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    marks: list[tuple[int, float, float]] = []  # (unit, time, stall seconds so far)
+
+    def enter(index):
+        def hook(_m, _a):  # runs after the runtime's own hook has made the unit resident
+            sync()
+            marks.append((index, time.perf_counter(), model.stats.stall_seconds))
+        return hook
+
+    handles = [modules[u.name].register_forward_pre_hook(enter(u.index)) for u in store.units if not u.pinned]
+    per_run: list[dict[int, float]] = []
+    prologues, totals = [], []
+    x = x.to(device)
+    try:
+        call_model(model, store.call, x)  # warm-up: kernels, allocator, arena pages
+        peak = _activation_peak(lambda: call_model(model, store.call, x), device)
+        for _ in range(runs):
+            marks.clear()
+            stall0, start = model.stats.stall_seconds, time.perf_counter()
+            call_model(model, store.call, x)
+            sync()
+            end, stall_end = time.perf_counter(), model.stats.stall_seconds
+            times: dict[int, float] = {}
+            for (unit, t0, s0), (_n, t1, s1) in zip(marks, marks[1:] + [(None, end, stall_end)]):
+                times[unit] = times.get(unit, 0.0) + (t1 - t0) - (s1 - s0)
+            per_run.append(times)
+            first_t, first_s = (marks[0][1], marks[0][2]) if marks else (end, stall_end)
+            prologues.append(first_t - start - (first_s - stall0))
+            totals.append(end - start - (stall_end - stall0))
+    finally:
+        for h in handles:
+            h.remove()
+        model.close()
+    units = {u for run in per_run for u in run}
+    unit_s = {u: statistics.median(run.get(u, 0.0) for run in per_run) for u in units}
+    return ComputeProfile(compute_key(device, x), statistics.median(prologues), unit_s,
+                          statistics.median(totals), peak, runs)
+
+
+def _activation_peak(run, device: torch.device) -> int | None:
+    """Peak memory a forward adds on top of the loaded model: CUDA allocator stats, or VmHWM on Linux."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        base = _status_bytes("VmRSS")
+        run()
+        return max(_status_bytes("VmHWM") - base, 0)
+    except OSError:
+        return None
+
+
+def _status_bytes(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def profile_io(store: BlockStore, mode: str = "direct", cold: bool = True, repeats: int = 3,
+               max_bytes: int | None = None) -> IOProfile:
+    """Fit read time = latency + bytes / bandwidth over reads of runs of consecutive units
+    (each at most max_bytes, so that profiling stays within the budget)."""
+    reader = BlockReader(store.weights_path, mode)
+    units = store.units
+    samples = []
+    buf = HostBuffer(min(max(READ_SIZES), units[-1].end - units[0].offset, max_bytes or max(READ_SIZES)))
+    try:
+        seen = set()
+        for size in READ_SIZES:
+            run = _units_spanning(units, size)
+            span = run[-1].end - run[0].offset if run else 0
+            if not run or span > buf.nbytes or span in seen:
+                continue
+            seen.add(span)
+            times = []
+            for _ in range(repeats):
+                if cold:
+                    _drop_cache(store.weights_path)
+                t = time.perf_counter()
+                if mode == "mmap":
+                    reader.map(run).close()
+                else:
+                    reader.read_into(run, buf.view)
+                times.append(time.perf_counter() - t)
+            samples.append((run[-1].end - run[0].offset, statistics.median(times)))
+    finally:
+        reader.close()
+        buf.close()
+    latency, bandwidth = _fit(samples)
+    return IOProfile(mode, cold, latency, bandwidth, samples)
+
+
+def _units_spanning(units, size: int):
+    """A run of consecutive units of about `size` bytes, from the middle of the file."""
+    start = len(units) // 3
+    for i in range(start, -1, -1):
+        run = []
+        for u in units[i:]:
+            run.append(u)
+            if run[-1].end - run[0].offset >= size:
+                return run
+    return units
+
+
+def _drop_cache(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _fit(samples: list[tuple[int, float]]) -> tuple[float, float]:
+    if len(samples) < 2:  # a tiny store: one size only, all of it bandwidth
+        n, t = samples[0] if samples else (1, 1e-3)
+        return 0.0, n / max(t, 1e-9)
+    n = [s[0] for s in samples]
+    t = [s[1] for s in samples]
+    mean_n, mean_t = statistics.fmean(n), statistics.fmean(t)
+    slope = sum((a - mean_n) * (b - mean_t) for a, b in zip(n, t)) / sum((a - mean_n) ** 2 for a in n)
+    slope = max(slope, 1e-12)
+    return max(mean_t - slope * mean_n, 0.0), 1.0 / slope
+
+
+# -- cache next to the store ---------------------------------------------------------------------
+
+def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: str = "direct",
+                 runs: int = 5, refresh: bool = False, budget_bytes: int | None = None) -> Profile:
+    """The cached profile for (device, dtype, input shape, threads) and io mode, measured if missing
+    (within budget_bytes of weight memory where given)."""
+    path = store.path / PROFILE_NAME
+    cache = _read_cache(path, store.store_id)
+    ckey = compute_key(device, x)
+    probe = BlockReader(store.weights_path, io)
+    io_mode = probe.effective_mode
+    probe.close()
+    ikey = f"{io_mode}|{'warm' if io == 'mmap' else 'cold'}"
+    changed = False
+    if refresh or ckey not in cache["compute"]:
+        log.info("profiling compute of %s for %s", store.ref, ckey)
+        cache["compute"][ckey] = asdict(profile_compute(store, x, device, runs, budget_bytes))
+        changed = True
+    if refresh or ikey not in cache["io"]:
+        cache["io"][ikey] = asdict(profile_io(store, io, cold=io != "mmap",
+                                              max_bytes=budget_bytes // 2 if budget_bytes else None))
+        changed = True
+    if changed:
+        _write_cache(path, cache)
+    c = cache["compute"][ckey]
+    compute = ComputeProfile(c["key"], c["prologue_s"], {int(k): v for k, v in c["unit_s"].items()}, c["total_s"],
+                             c["activation_peak_bytes"], c["runs"])
+    i = cache["io"][ikey]
+    return Profile(compute, IOProfile(i["mode"], i["cold"], i["latency_s"], i["bandwidth_bytes_per_s"],
+                                      [tuple(s) for s in i["samples"]]))
+
+
+def _read_cache(path: Path, store_id: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("store_id") == store_id and isinstance(data.get("compute"), dict) and isinstance(data.get("io"), dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"store_id": store_id, "compute": {}, "io": {}}
+
+
+def _write_cache(path: Path, cache: dict) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".profile.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only store still plans; it just profiles again next time
+        log.warning("cannot cache the profile next to the store (%s)", e)

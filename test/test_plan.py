@@ -1,0 +1,99 @@
+"""The planner on synthetic segment lists with hand-checkable answers, and on real stores."""
+
+import pytest
+import torch
+
+from swapnet_core import BudgetTooSmallError, SwapModel, load_profile, make_plan, minimum_budget
+from swapnet_core.models import make_input
+from swapnet_core.plan import optimal_cut, predict
+
+MB, MS = 10**6, 1e-3
+GBPS = 1e9
+
+
+def cut(sizes_mb, compute_ms, cap_mb, *, head_ms=0.0, latency_ms=0.0, bandwidth=GBPS, prefetch=1):
+    result = optimal_cut([s * MB for s in sizes_mb], [c * MS for c in compute_ms], cap_mb * MB,
+                         head=head_ms * MS, latency_s=latency_ms * MS, bandwidth=bandwidth, prefetch=prefetch)
+    return None if result is None else (round(result[0] / MS, 6), result[1])
+
+
+def test_compute_bound_reads_hide_behind_compute():
+    # 10 MB reads take 10 ms, each segment computes 100 ms; pairs must fit 20 MB: one segment a block.
+    # latency = first read 10 + 3 x max(100, 10) + last compute 100
+    assert cut([10] * 4, [100] * 4, 20) == (410.0, [[0], [1], [2], [3]])
+
+
+def test_io_bound_prefers_few_large_reads():
+    # 100 MB/s and 50 ms per read, 1 ms compute: one 40 MB block costs 50 + 400 + 4 = 454 ms,
+    # two 20 MB blocks 250 + max(2, 250) + 2 = 502 ms, four single ones 150 + 3 x 150 + 1 = 601 ms
+    assert cut([10] * 4, [1] * 4, 40, latency_ms=50, bandwidth=100 * MB) == (454.0, [[0, 1, 2, 3]])
+    # at 39 MB no two 20 MB blocks fit side by side: 20+10+10 MB gives 250 + 150 + 150 + 1 = 551 ms
+    assert cut([10] * 4, [1] * 4, 39, latency_ms=50, bandwidth=100 * MB)[0] == 551.0
+    # without prefetch only single blocks must fit: 30+10 MB gives (350 + 3) + (150 + 1) = 504 ms
+    assert cut([10] * 4, [1] * 4, 39, latency_ms=50, bandwidth=100 * MB, prefetch=0)[0] == 504.0
+
+
+def test_a_unit_bigger_than_half_the_swap_region():
+    # 30 MB next to 5 MB neighbours fits a 35 MB region; a uniform half-size slot never would
+    latency, groups = cut([30, 5, 5, 30], [10, 10, 10, 10], 35)
+    assert groups == [[0], [1], [2], [3]] or groups == [[0], [1, 2], [3]]
+    assert cut([30, 5, 5, 30], [10] * 4, 34) is None  # 30 + 5 no longer fits
+
+
+def test_tiny_and_zero_compute_units():
+    # zero compute: only reads count, and each read pays 1 ms: one block is best
+    assert cut([1] * 50, [0] * 50, 100, latency_ms=1) == (51.0, [list(range(50))])
+    # tiny units, compute-bound: nothing exposed beyond the first read of the first block
+    latency, groups = cut([0.004] * 300, [0.1] * 300, 1, latency_ms=0.05)
+    assert latency == pytest.approx(30.0 + 0.05 + 0.004 * 1000 * len(groups[0]) / 1000, rel=1e-3)
+
+
+def test_prefetch_zero_exposes_every_read_but_the_first():
+    # head 15 ms hides the first 10 ms read; then 100 + (10 + 100) x 3
+    assert cut([10] * 4, [100] * 4, 10, head_ms=15, prefetch=0) == (15 + 100 + 330.0, [[0], [1], [2], [3]])
+
+
+@pytest.fixture(scope="module")
+def resnet_profile(convert_once):
+    store = convert_once("torchvision:resnet18", "random:1x3x64x64")
+    return store, load_profile(store, make_input("random:1x3x64x64"))
+
+
+def test_profile_is_cached_next_to_the_store(resnet_profile):
+    store, profile = resnet_profile
+    assert (store.path / "profile.json").is_file()
+    again = load_profile(store, make_input("random:1x3x64x64"))
+    assert again.compute.unit_s == profile.compute.unit_s  # reused, not measured again
+    assert set(profile.compute.unit_s) == {u.index for u in store.units if not u.pinned}
+    assert profile.io.bandwidth_bytes_per_s > 0 and profile.compute.total_s > 0
+
+
+def test_optimal_is_no_slower_than_greedy_and_uniform_by_its_own_model(resnet_profile):
+    store, profile = resnet_profile
+    for share in (2, 3, 4, 6):
+        budget = max(store.total_bytes // share, minimum_budget(store))
+        plans = {k: make_plan(store, budget, k, profile) for k in ("optimal", "greedy", "uniform")}
+        assert all(p.arena_bytes <= budget for p in plans.values())
+        best = plans["optimal"].prediction.latency_s
+        assert best <= plans["greedy"].prediction.latency_s + 1e-12
+        assert best <= plans["uniform"].prediction.latency_s + 1e-12
+        assert plans["optimal"].prediction == predict(store, plans["optimal"], profile)
+
+
+def test_minimum_budget_is_exact_and_above_the_model_all_is_resident(resnet_profile):
+    store, profile = resnet_profile
+    minimum = minimum_budget(store)
+    plan = make_plan(store, minimum, "optimal", profile)
+    assert plan.arena_bytes == minimum  # feasible at the minimum, and using all of it
+    with pytest.raises(BudgetTooSmallError) as e:
+        make_plan(store, minimum - 1, "optimal", profile)
+    assert e.value.minimum_bytes == minimum
+    reserve = 8 << 20
+    with pytest.raises(BudgetTooSmallError):
+        make_plan(store, minimum + reserve - 1, "optimal", profile, activation_reserve=reserve)
+    whole = make_plan(store, store.total_bytes, "optimal", profile)
+    assert whole.keep_resident and whole.prediction.exposed_io_s == 0
+    with SwapModel(store, store.total_bytes, plan=whole) as model:
+        model(make_input("random:1x3x64x64"))
+        model(make_input("random:1x3x64x64"))
+        assert model.stats.bytes_read == store.total_bytes  # once, at open
