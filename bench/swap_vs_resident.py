@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Resident vs. swapped (direct and mmap io) for the zoo networks at 1/2, 1/4 and 1/6 of their weight
-bytes (or the minimum feasible budget, if higher). Runs are interleaved so drift hits all alike;
+"""Resident vs. swapped for the zoo networks at 1/2, 1/4 and 1/6 of their weight bytes (or the minimum
+feasible budget, if higher): the optimal plan in both io modes, and the greedy and uniform cuts (direct
+io) for contrast, each with the planner's prediction. Runs are interleaved so drift hits all alike;
 figures are medians of one run. Prints a table and writes bench/results/swap_vs_resident.json.
 
   .venv/bin/python bench/swap_vs_resident.py [--quick] [--repeat N] [--stores DIR]
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from swapnet_core import BlockStore, SwapModel, convert, load_resident, minimum_budget
+from swapnet_core import BlockStore, SwapModel, convert, load_profile, load_resident, make_plan, minimum_budget
 from swapnet_core.models import call_model, make_input, max_abs_diff
 from swapnet_core.sizes import format_bytes, parse_size
 
@@ -31,7 +32,7 @@ MODELS = {
 }
 QUICK = {"resnet50": ("torchvision:resnet50", "random:1x3x224x224")}
 SHARES = ("1/2", "1/4", "1/6")
-IO_MODES = ("direct", "mmap")
+CONTENDERS = (("direct", "optimal"), ("mmap", "optimal"), ("direct", "greedy"), ("direct", "uniform"))
 
 
 def main() -> int:
@@ -53,15 +54,18 @@ def main() -> int:
         x = make_input(spec, seed=1)
         resident = load_resident(store)
         configs = []
+        profiles = {io: load_profile(store, x, "cpu", io) for io in {io for io, _ in CONTENDERS}}
         for share in SHARES:
-            requested = parse_size(share, of=store.total_bytes)
-            budget = max(requested, minimum_budget(store))
-            for io in IO_MODES:
-                configs.append((share, budget, io, SwapModel(store, budget, io=io)))
+            budget = max(parse_size(share, of=store.total_bytes), minimum_budget(store))
+            for io, kind in CONTENDERS:
+                t = time.perf_counter()
+                plan = make_plan(store, budget, kind, profiles[io])
+                planning_ms = (time.perf_counter() - t) * 1000
+                configs.append((share, budget, io, SwapModel(store, budget, io=io, plan=plan), planning_ms))
         with torch.no_grad():
             want = call_model(resident, store.call, x)  # warm-up and reference
-            diffs = {id(m): max_abs_diff(want, call_model(m, store.call, x)) for *_, m in configs}
-            times = {"resident": []} | {id(m): [] for *_, m in configs}
+            diffs = {id(c[3]): max_abs_diff(want, call_model(c[3], store.call, x)) for c in configs}
+            times = {"resident": []} | {id(c[3]): [] for c in configs}
             for m in [c[3] for c in configs]:
                 m.reset_stats()
             for _ in tqdm(range(args.repeat), desc=name, file=sys.stderr, leave=False):
@@ -70,19 +74,25 @@ def main() -> int:
                     call_model(model, store.call, x)
                     times[key].append((time.perf_counter() - t) * 1000)
         resident_ms = statistics.median(times["resident"])
-        for share, budget, io, model in configs:
-            s = model.stats
+        for share, budget, io, model, planning_ms in configs:
+            s, plan, prof = model.stats, model.plan, profiles[io]
             ms = statistics.median(times[id(model)])
+            read_per_call = sum(b.nbytes for b in plan.blocks if b.in_sequence and not b.resident)
+            bound_ms = max(prof.compute.total_s, read_per_call / prof.io.bandwidth_bytes_per_s) * 1000
             rows.append({
                 "model": name, "ref": ref, "input": spec, "weight_bytes": store.total_bytes,
                 "budget_fraction": share, "budget_bytes": budget,
                 "min_feasible": budget > parse_size(share, of=store.total_bytes), "io": io,
-                "effective_io": model._reader.effective_mode, "blocks": len(model.plan.blocks),
+                "effective_io": model._reader.effective_mode, "plan": plan.kind, "blocks": len(plan.blocks),
+                "resident_blocks": sum(b.resident for b in plan.blocks), "planning_ms": planning_ms,
                 "resident_ms_median": resident_ms, "swapped_ms_median": ms, "ratio": ms / resident_ms,
+                "predicted_ms": plan.prediction.latency_s * 1000, "prediction_error": ms / (plan.prediction.latency_s * 1000) - 1,
+                "physical_bound_ms": bound_ms, "ratio_to_bound": ms / bound_ms,
                 "swapped_ms_p95": sorted(times[id(model)])[int(0.95 * (len(times[id(model)]) - 1))],
                 "stall_ms_per_call": s.stall_seconds * 1000 / s.calls, "read_ms_per_call": s.read_seconds * 1000 / s.calls,
-                "peak_resident_weight_bytes": s.peak_resident_weight_bytes,
-                "bytes_read_per_call": s.bytes_read // s.calls, "max_abs_diff": diffs[id(model)],
+                "peak_resident_weight_bytes": s.peak_resident_weight_bytes, "arena_bytes": plan.arena_bytes,
+                "bytes_read_per_call": read_per_call, "read_bandwidth_bytes_per_s": prof.io.bandwidth_bytes_per_s,
+                "max_abs_diff": diffs[id(model)],
             })
             model.close()
         del resident
@@ -98,15 +108,17 @@ def main() -> int:
 
 
 def print_table(rows) -> None:
-    head = f"{'model':24}{'budget':>8}{'io':>8}{'blocks':>7}{'resident ms':>12}{'swapped ms':>11}{'ratio':>7}" \
-           f"{'stall ms':>9}{'peak weights':>14}{'budget':>11}{'|diff|':>7}"
+    head = (f"{'model':22}{'budget':>7}{'io':>7}{'plan':>8}{'blocks':>7}{'resident':>9}{'swapped':>9}{'predicted':>10}"
+            f"{'ratio':>7}{'/bound':>7}{'stall':>7}{'peak weights':>13}{'budget':>11}{'|diff|':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
         share = r["budget_fraction"] + ("*" if r["min_feasible"] else "")
-        print(f"{r['model']:24}{share:>8}{r['io']:>8}{r['blocks']:>7}{r['resident_ms_median']:12.1f}"
-              f"{r['swapped_ms_median']:11.1f}{r['ratio']:7.2f}{r['stall_ms_per_call']:9.1f}"
-              f"{format_bytes(r['peak_resident_weight_bytes']):>14}{format_bytes(r['budget_bytes']):>11}{r['max_abs_diff']:7.0g}")
+        print(f"{r['model']:22}{share:>7}{r['io']:>7}{r['plan']:>8}{r['blocks']:>7}{r['resident_ms_median']:9.1f}"
+              f"{r['swapped_ms_median']:9.1f}{r['predicted_ms']:10.1f}{r['ratio']:7.2f}{r['ratio_to_bound']:7.2f}"
+              f"{r['stall_ms_per_call']:7.1f}{format_bytes(r['peak_resident_weight_bytes']):>13}"
+              f"{format_bytes(r['budget_bytes']):>11}{r['max_abs_diff']:7.0g}")
+    print("times in ms (medians); ratio = swapped / resident; /bound = swapped / max(compute, bytes read / bandwidth)")
     print("* budget raised to the minimum feasible for this model")
 
 
