@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from .errors import (BudgetError, BudgetTooSmallError, InputSpecError, ModelRefError, StoreCorruptError,  # noqa: E402
                      StoreError, StoreFormatError, StoreMismatchError, StoreNotFoundError, StoreTruncatedError,
-                     SwapNetError, WeightsError)
+                     SwapNetError, WeightNotResidentError, WeightsError)
 from .plan import Plan, make_plan, minimum_budget, plan_greedy, plan_optimal, plan_uniform  # noqa: E402
 from .profile import Profile, load_profile  # noqa: E402
 from .runtime import SwapModel, SwapStats, load_resident  # noqa: E402
@@ -16,4 +16,4 @@ from .store import BlockStore, convert  # noqa: E402
 __all__ = ["BlockStore", "convert", "SwapModel", "SwapStats", "load_resident", "Plan", "make_plan", "plan_greedy", "plan_optimal", "plan_uniform", "Profile", "load_profile",
            "minimum_budget", "SwapNetError", "BudgetError", "BudgetTooSmallError", "InputSpecError",
            "ModelRefError", "StoreError", "StoreCorruptError", "StoreFormatError", "StoreMismatchError",
-           "StoreNotFoundError", "StoreTruncatedError", "WeightsError"]
+           "StoreNotFoundError", "StoreTruncatedError", "WeightNotResidentError", "WeightsError"]

@@ -34,6 +34,10 @@ class BudgetTooSmallError(BudgetError):
         super().__init__(msg + (f": {detail}" if detail else ""))
 
 
+class WeightNotResidentError(SwapNetError, RuntimeError):
+    """A weight was used while its block was swapped out (a path the conversion's trace never saw)."""
+
+
 class StoreError(SwapNetError):
     """A block store that cannot be opened or read."""
 

@@ -34,12 +34,11 @@ class HostBuffer:
         self.view = memoryview(self._map)[:nbytes]
 
     def close(self) -> None:
+        """Drop our references: the mapping is unmapped when the last tensor view of it dies (closing
+        it under a live view, say a model output that aliases a weight, would crash the process)."""
         self.tensor = None
         self.view.release()
-        try:
-            self._map.close()
-        except BufferError:  # a tensor view is still alive somewhere; the mapping goes with it
-            log.debug("host buffer still referenced at close")
+        self._map = None
 
 
 class BlockReader:

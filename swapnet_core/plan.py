@@ -126,10 +126,13 @@ def _nbytes(store: BlockStore, units) -> int:
 
 
 def _swap_need(sizes: list[int], prefetch: int, detached: list[int]) -> int:
-    """Swap capacity that blocks of these sizes (in order) need."""
+    """Swap capacity that blocks of these sizes (in order) need: neighbours side by side (prefetch),
+    and any never-traced block beside any block, since a detour may run inside a block's forward."""
     need = max(sizes + detached, default=0)
     if prefetch:
         need = max([need] + [a + b for a, b in zip(sizes, sizes[1:])])
+    if detached:
+        need = max(need, max(sizes, default=0) + max(detached))
     return need
 
 

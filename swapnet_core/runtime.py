@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -22,7 +23,11 @@ from .models import make_input
 from .plan import Plan, make_plan
 from .profile import load_profile
 from .sizes import parse_size
+from .errors import StoreMismatchError, WeightNotResidentError
 from .store import BlockStore, Unit
+from .trace import reads_metadata_only, torch_function_name
+
+_PLACEHOLDER_READS = {"device", "is_cuda", "is_cpu", "is_meta", "__repr__", "__format__"}
 
 
 @dataclass
@@ -40,8 +45,29 @@ class SwapStats:
         return asdict(self)
 
 
+class _NotResident(torch.Tensor):
+    """What a swapped-out weight points at: a meta tensor whose metadata (shape, dtype, device) reads
+    as usual but whose use in any computation raises, instead of computing on garbage."""
+
+    @staticmethod
+    def of(meta: torch.Tensor, name: str) -> "_NotResident":
+        t = torch.Tensor._make_subclass(_NotResident, meta.detach(), False)
+        t._swapnet_name = name
+        return t
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if reads_metadata_only(func) or torch_function_name(func) in _PLACEHOLDER_READS:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        names = [a._swapnet_name for a in args if isinstance(a, _NotResident)]
+        raise WeightNotResidentError(
+            f"{', '.join(names) or 'a weight'} was used while its block is not resident: this forward took a "
+            f"path the conversion's trace did not see (re-convert with an input that takes it)")
+
+
 class _Binder:
-    """Points a unit's module attributes at views of a byte buffer, or back at meta."""
+    """Points a unit's module attributes at views of a byte buffer, or back at a not-resident placeholder."""
 
     def __init__(self, module: nn.Module, units: list[Unit]):
         modules = dict(module.named_modules())
@@ -50,25 +76,39 @@ class _Binder:
             entries = []
             for t in u.tensors:
                 for path, attr, kind in t.bindings:
-                    m = modules[path]
+                    m = modules.get(path)
+                    if m is None:
+                        raise StoreMismatchError(f"the store binds '{t.name}' to module '{path}', which the model lacks")
                     table = m._parameters if kind == "param" else m._buffers
-                    entries.append((table, attr, kind == "param", t.dtype, t.shape, t.offset, t.nbytes, table[attr]))
+                    placeholder = _NotResident.of(table[attr], f"{path}.{attr}" if path else attr)
+                    table[attr] = placeholder
+                    entries.append((table, attr, kind == "param", t.dtype, t.shape, t.offset, t.nbytes, placeholder))
             self.slots[u.index] = entries
 
     def bind(self, unit: Unit, base: torch.Tensor, offset: int) -> None:
-        for table, attr, is_param, dtype, shape, off, n, _meta in self.slots[unit.index]:
+        for table, attr, is_param, dtype, shape, off, n, _placeholder in self.slots[unit.index]:
             view = base[offset + off:offset + off + n].view(dtype).view(shape)
             table[attr] = nn.Parameter(view, requires_grad=False) if is_param else view
 
     def unbind(self, unit: Unit) -> None:
-        for table, attr, _p, _d, _s, _o, _n, meta in self.slots[unit.index]:
-            table[attr] = meta
+        for table, attr, _p, _d, _s, _o, _n, placeholder in self.slots[unit.index]:
+            table[attr] = placeholder
+
+
+@dataclass
+class ArenaRegion:
+    """A slice [offset, offset + nbytes) of an ArenaMemory that one SwapModel may use."""
+    memory: ArenaMemory
+    offset: int
+    nbytes: int
+    owned: bool = False  # the SwapModel frees the memory when it closes
 
 
 @dataclass
 class _Resident:
     side: int
-    mapping: object = None  # the file mapping in mmap mode
+    base: torch.Tensor  # the bytes the block's views are cut from (the arena, or its file mapping)
+    offset: int  # where the block starts in base
 
 
 class SwapModel:
@@ -81,7 +121,8 @@ class SwapModel:
 
     def __init__(self, store: BlockStore | str, budget_bytes: int | str, device: str | torch.device = "cpu",
                  io: str = "direct", prefetch: int = 1, plan: Plan | str = "optimal", verify: bool = True,
-                 example_input: torch.Tensor | None = None, activation_reserve: int = 0):
+                 example_input: torch.Tensor | None = None, activation_reserve: int = 0,
+                 arena: ArenaRegion | None = None):
         self.store = store if isinstance(store, BlockStore) else BlockStore(store)
         self.device = torch.device(device)
         if io == "mmap" and self.device.type != "cpu":
@@ -101,10 +142,17 @@ class SwapModel:
         self._binder = _Binder(self.module, units)
         self._reader = BlockReader(self.store.weights_path, io, verify)
         fixed = [b for b in self.plan.blocks if b.resident]
-        self._swap_base = self.plan.pinned_bytes + self.plan.resident_bytes
-        arena_bytes = self._swap_base + (self.plan.swap_bytes if io == "direct" else 0)
-        self._memory = ArenaMemory(arena_bytes, self.device,
-                                   staging_bytes=max([self._swap_base] + [b.nbytes for b in self.plan.blocks]))
+        arena_bytes = self.plan.pinned_bytes + self.plan.resident_bytes + (self.plan.swap_bytes if io == "direct" else 0)
+        if arena is None:
+            staging = max([self.plan.pinned_bytes + self.plan.resident_bytes] + [b.nbytes for b in self.plan.blocks])
+            arena = ArenaRegion(ArenaMemory(arena_bytes, self.device, staging_bytes=staging), 0, arena_bytes, owned=True)
+        elif arena.nbytes < arena_bytes:
+            raise ValueError(f"the arena region ({arena.nbytes} bytes) is smaller than the plan needs ({arena_bytes})")
+        self._arena = arena
+        self._memory = arena.memory
+        self._swap_base = arena.offset + self.plan.pinned_bytes + self.plan.resident_bytes
+        self.on_block_boundary = None  # called with the block about to run, at each block transition
+        self.read_log: deque | None = None  # (block, start, end) of each read, when a deque is set
         self._block_of = self.plan.block_of_unit()
         self._lock = threading.Lock()
         self._io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-io")
@@ -112,16 +160,17 @@ class SwapModel:
         self._fixed = {b.index for b in fixed}  # blocks loaded once, next to the pinned tensors
         self._pending: tuple[int, int, Future] | None = None
         self._current: int | None = None
+        self._side_freed: dict[int, object] = {}  # side -> CUDA event recorded when its block left
         self._closed = False
         # pinned tensors and resident blocks: the file's leading units, one read into the arena's start
         always = [u for u in units if u.pinned] + [self.store.units[i] for b in fixed for i in b.units]
         always.sort(key=lambda u: u.offset)
         if always:
-            if always[-1].end - always[0].offset != self._swap_base:
+            if always[-1].end - always[0].offset != self._swap_base - arena.offset:
                 raise RuntimeError("pinned tensors and resident blocks must lead the store file")
-            self.stats.bytes_read += self._memory.fill(self._reader, always, 0)
+            self.stats.bytes_read += self._memory.fill(self._reader, always, arena.offset)
             for u in always:
-                self._binder.bind(u, self._memory.compute, u.offset - always[0].offset)
+                self._binder.bind(u, self._memory.compute, arena.offset + u.offset - always[0].offset)
         self._hooks = [self._hook_unit(u) for u in units if not u.pinned and self._block_of.get(u.index) not in self._fixed]
         self._note_resident()
 
@@ -142,6 +191,13 @@ class SwapModel:
                 self.stats.calls += 1
                 self.stats.compute_seconds += time.perf_counter() - start - (self.stats.stall_seconds - stalled)
 
+    def prefetch(self) -> None:
+        """Start reading the first swapped block now, so the next call finds it resident (a scheduler
+        calls this for the next job while another model computes)."""
+        with self._lock:
+            if not self._closed:
+                self._begin()
+
     def reset_stats(self) -> None:
         self.stats = SwapStats(peak_resident_weight_bytes=self._resident_bytes())
 
@@ -159,7 +215,8 @@ class SwapModel:
             for h in self._hooks:
                 h.remove()
             self._reader.close()
-            self._memory.close()
+            if self._arena.owned:
+                self._memory.close()
 
     def __enter__(self):
         return self
@@ -179,8 +236,11 @@ class SwapModel:
         module = dict(self.module.named_modules())[unit.name]
 
         def pre_hook(_module, _args):
-            if self._block_of[index] != self._current:
-                self._enter(self._block_of[index])
+            b = self._block_of[index]
+            if b != self._current:
+                if self.on_block_boundary is not None:
+                    self.on_block_boundary(b)
+                self._enter(b)
 
         return module.register_forward_pre_hook(pre_hook)
 
@@ -237,10 +297,11 @@ class SwapModel:
         self._note_resident(extra=self.plan.blocks[b].nbytes)
 
     def _load_now(self, b: int) -> None:
-        # a detour (data-dependent branch) usually returns to the recorded order: keep the next block
+        # a detour (data-dependent branch) may run inside the current block's forward, and usually
+        # returns to the recorded order: keep the current block, else the next one
         cur = self._current
         upcoming = cur + 1 if cur is not None and self.plan.blocks[cur].in_sequence else None
-        side = self._make_room(b, [upcoming, cur])
+        side = self._make_room(b, [cur, upcoming])
         self._note_resident(extra=self.plan.blocks[b].nbytes)
         self._resident[b] = self._collect(self._fill(b, side))
 
@@ -250,37 +311,46 @@ class SwapModel:
         self._resident[b] = self._collect(future.result())
 
     def _collect(self, result) -> _Resident:
-        resident, nbytes, seconds = result
+        b, resident, nbytes, seconds = result
+        block = self.plan.blocks[b]
+        for i in block.units:
+            u = self.store.units[i]
+            self._binder.bind(u, resident.base, resident.offset + u.offset - block.offset)
         self.stats.bytes_read += nbytes
         self.stats.read_seconds += seconds
         self.stats.blocks_loaded += 1
         return resident
 
     def _fill(self, b: int, side: int):
-        """Read block b and bind its units (on the I/O thread for prefetches)."""
+        """Read block b into its side of the swap region (on the I/O thread for prefetches). Binding
+        happens on the compute thread, so what a forward sees never depends on the I/O thread's timing."""
         t0 = time.perf_counter()
         block = self.plan.blocks[b]
         units = [self.store.units[i] for i in block.units]
+        freed = self._side_freed.pop(side, None)
+        if freed is not None:
+            freed.synchronize()  # GPU kernels still reading the block that was here have finished
         if self.io == "mmap":
-            mapping = self._reader.map(units)
-            base, offset = torch.frombuffer(mapping, dtype=torch.uint8), 0
+            # the tensor keeps the mapping alive; it is unmapped when the last view of it dies
+            base, offset = torch.frombuffer(self._reader.map(units), dtype=torch.uint8), 0
         else:
-            mapping, offset = None, self._side_offset(b, side)
+            offset = self._side_offset(b, side)
             self._memory.fill(self._reader, units, offset)
             base = self._memory.compute
-        for u in units:
-            self._binder.bind(u, base, offset + u.offset - block.offset)
-        return _Resident(side, mapping), block.nbytes, time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if self.read_log is not None:  # on the monotonic clock, like a scheduler's deadlines
+            now = time.monotonic()
+            self.read_log.append((b, now - (t1 - t0), now))
+        return b, _Resident(side, base, offset), block.nbytes, t1 - t0
 
     def _evict(self, b: int) -> None:
         resident = self._resident.pop(b)
         for i in self.plan.blocks[b].units:
             self._binder.unbind(self.store.units[i])
-        if resident.mapping is not None:
-            try:
-                resident.mapping.close()
-            except BufferError:  # a view survived (never expected): the mapping closes when it dies
-                pass
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()  # the next read into this side waits for the kernels queued so far
+            self._side_freed[resident.side] = event
         if self._current == b:
             self._current = None
 
@@ -295,7 +365,8 @@ class SwapModel:
         self._current = None
 
     def _resident_bytes(self) -> int:
-        return self._swap_base + sum(self.plan.blocks[b].nbytes for b in self._resident)
+        return (self.plan.pinned_bytes + self.plan.resident_bytes
+                + sum(self.plan.blocks[b].nbytes for b in self._resident))
 
     def _note_resident(self, extra: int = 0) -> None:
         self.stats.peak_resident_weight_bytes = max(self.stats.peak_resident_weight_bytes,

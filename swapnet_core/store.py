@@ -27,7 +27,7 @@ from . import __version__
 from .errors import StoreError, StoreFormatError, StoreMismatchError, StoreNotFoundError, StoreTruncatedError
 from .models import ModelSpec, call_model, load_weights, make_input, resolve
 from .sizes import align_up
-from .trace import PINNED, trace
+from .trace import IN_PLACE, PINNED, trace
 
 FORMAT, FORMAT_VERSION = "swapnet-blockstore", 1
 MANIFEST_NAME, WEIGHTS_NAME = "manifest.json", "weights.safetensors"
@@ -81,7 +81,7 @@ class BlockStore:
             raise StoreNotFoundError(f"{self.path} is not a block store (no {MANIFEST_NAME})")
         try:
             m = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise StoreFormatError(f"{manifest_path}: unreadable manifest: {e}") from None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise StoreFormatError(f"{manifest_path}: not a {FORMAT} manifest")
@@ -98,7 +98,7 @@ class BlockStore:
             self.ref = str(m["architecture"]["ref"])
             self.call = str(m["architecture"]["call"])
             self.task = str(m["architecture"]["task"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
             raise StoreFormatError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
         self._check_layout()
         self._check_weights_file()
@@ -146,6 +146,11 @@ class BlockStore:
                 if t.offset < 0 or t.offset + t.nbytes > u.nbytes or t.nbytes != numel * t.dtype.itemsize:
                     raise StoreFormatError(f"{where}: tensor '{t.name}' lies outside unit '{u.name}' "
                                            f"or its size does not match its shape")
+                if t.offset % t.dtype.itemsize:
+                    raise StoreFormatError(f"{where}: tensor '{t.name}' is not aligned to its element size")
+        pinned = [u.pinned for u in self.units]
+        if pinned != sorted(pinned, reverse=True):
+            raise StoreFormatError(f"{where}: pinned units must lead the store")
         if any(not 0 <= c < len(self.units) or self.units[c].pinned for c in self.calls):
             raise StoreFormatError(f"{where}: the call order names a unit that does not exist")
 
@@ -164,9 +169,12 @@ class BlockStore:
                 raise StoreMismatchError(f"{self.weights_path} is not a safetensors file")
             try:
                 header = json.loads(f.read(header_len))
-            except ValueError:
-                raise StoreMismatchError(f"{self.weights_path} has a malformed safetensors header") from None
-        if header.get("__metadata__", {}).get("store_id") != self.store_id:
+            except (ValueError, RecursionError):
+                header = None
+        metadata = header.get("__metadata__") if isinstance(header, dict) else None
+        if not isinstance(metadata, dict) or not all(isinstance(v, dict) for k, v in header.items() if k != "__metadata__"):
+            raise StoreMismatchError(f"{self.weights_path} has a malformed safetensors header")
+        if metadata.get("store_id") != self.store_id:
             raise StoreMismatchError(f"{self.path / MANIFEST_NAME} does not belong to {self.weights_path} "
                                      f"(store ids differ: a manifest of another model or conversion)")
         data_start = 8 + header_len
@@ -189,7 +197,9 @@ class BlockStore:
                     if t is not None:
                         held[(path, attr)] = (kind, t)
             for attr, value in vars(module).items():
-                if isinstance(value, torch.Tensor) and value.device.type == "meta":
+                inner = [] if attr in ("_parameters", "_buffers", "_modules") else (
+                    list(value.values()) if isinstance(value, dict) else list(value) if isinstance(value, (list, tuple)) else [])
+                if any(isinstance(v, torch.Tensor) and v.device.type == "meta" for v in [value] + inner):
                     raise StoreError(f"{self.ref}: module '{path}' keeps tensor '{attr}' outside its parameters "
                                      f"and buffers; it cannot be rebuilt without weights")
         stored = {}
@@ -202,6 +212,10 @@ class BlockStore:
         if missing or extra:
             raise StoreMismatchError(f"{self.path} does not match {self.ref}: not in the store: "
                                      f"{missing[:3] or 'none'}, not in the model: {extra[:3] or 'none'}")
+        paths = {path for path, _ in model.named_modules()}
+        for u in self.units:
+            if not u.pinned and u.name not in paths:
+                raise StoreMismatchError(f"{self.path}: unit '{u.name}' is not a module of {self.ref}")
         for key, (kind, entry) in stored.items():
             held_kind, t = held[key]
             if held_kind != kind or tuple(t.shape) != entry.shape or t.dtype != entry.dtype:
@@ -256,7 +270,14 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
         load_weights(model, weights)
     input_spec = input_spec or spec.default_input
     example = make_input(input_spec)
+    before = {name: b.detach().clone() for name, b in model.named_buffers()}  # small: stats, anchors
     result = trace(model, lambda: call_model(model, spec.call, example))
+    for i, why in result.pin_reasons.items():
+        if why == IN_PLACE:  # store the state from before the trace, as the model was given
+            changed = result.tensors[i]
+            if changed.bindings[0][2] == "param":
+                raise StoreError(f"{ref}: the forward changes parameter '{changed.name}' in place; not supported")
+            changed.tensor = before[changed.name]
     units = _group_units(result)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ _METADATA = {"shape", "dtype", "requires_grad", "ndim", "is_leaf", "grad_fn", "l
              "ndimension", "__len__", "storage_offset"}
 
 PINNED = -1  # window id of tensors that must stay resident
+IN_PLACE = "modified in place during the forward"
 
 
 @dataclass
@@ -105,30 +106,52 @@ def trace(model: nn.Module, run) -> TraceResult:
         p = t.data_ptr()
         return [i for start, end, i in ranges if start <= p < end] or [i for _, _, i in ranges]
 
+    # A tensor fetched from its module in one window and computed on in another is only safe if
+    # resident across both: count the fetch window as a use too (it catches `w = self.b.weight`
+    # taken before another unit runs). Metadata-only reads (w.dtype) never reach a data use.
+    last_fetch: dict[int, int | None] = {}
+    original_getattr = nn.Module.__getattr__
+
+    def fetching_getattr(module, name):
+        value = original_getattr(module, name)
+        if isinstance(value, torch.Tensor):
+            for i in tensor_indices(value):
+                last_fetch[i] = state["window"]
+        return value
+
     class UseTracker(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if not _reads_metadata_only(func):
+            if not reads_metadata_only(func):
                 window = state["window"]
                 for leaf in tree_leaves((args, kwargs)):
                     if isinstance(leaf, torch.Tensor):
                         for i in tensor_indices(leaf):
                             uses[i].add(PINNED if window is None else window)
+                            fetched = last_fetch.get(i, window)
+                            if fetched != window:
+                                uses[i].add(PINNED if fetched is None else fetched)
             return func(*args, **kwargs)
 
+    versions = [ref.tensor._version for ref in refs]
+    nn.Module.__getattr__ = fetching_getattr
     try:
         with torch.no_grad(), UseTracker():
             out = run()
     finally:
+        nn.Module.__getattr__ = original_getattr
         for h in handles:
             h.remove()
 
     tensor_unit: list[int] = []
     reasons: dict[int, str] = {}
-    escaping = {i for t in tree_leaves(out) if isinstance(t, torch.Tensor) for i in tensor_indices(t)}
+    escaping = {i for t in _tensors_in(out) for i in tensor_indices(t)}
     for i, ref in enumerate(refs):
         windows = uses[i]
-        if i in escaping:
+        if ref.tensor._version != versions[i]:
+            tensor_unit.append(PINNED)  # state that a forward updates must persist, like the resident model's
+            reasons[i] = IN_PLACE
+        elif i in escaping:
             tensor_unit.append(PINNED)
             reasons[i] = "a view of it is part of the model's output"
         elif PINNED in windows:
@@ -144,8 +167,30 @@ def trace(model: nn.Module, run) -> TraceResult:
     return TraceResult(modules, refs, tensor_unit, calls, reasons)
 
 
-def _reads_metadata_only(func) -> bool:
+def _tensors_in(obj, depth: int = 6) -> list[torch.Tensor]:
+    """Tensors anywhere in an output: containers, dataclasses and plain objects' attributes."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if depth == 0 or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return []
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple, set)):
+        items = list(obj)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, nn.Module)):
+        items = list(vars(obj).values())
+    else:
+        return []
+    return [t for item in items for t in _tensors_in(item, depth - 1)]
+
+
+def torch_function_name(func) -> str:
+    """The method or attribute a __torch_function__ call stands for ('shape' for Tensor.shape.__get__)."""
     name = getattr(func, "__name__", "")
     if name == "__get__":
         name = getattr(getattr(func, "__self__", None), "__name__", "")
-    return name in _METADATA
+    return name
+
+
+def reads_metadata_only(func) -> bool:
+    return torch_function_name(func) in _METADATA

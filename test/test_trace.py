@@ -60,7 +60,8 @@ def test_data_dependent_branch_is_loaded_on_demand_and_counted(convert_once):
     rare = next(u for u in store.units if u.name == "rare")
     assert not rare.traced  # the example input never took the branch
     dark, bright = make_input(SMALL, seed=2), make_input(SMALL, seed=2) * 50
-    for x, expected_misses in ((dark, 0), (bright, 2)):
+    # per bright call: the detour itself, then the prefetched next block it displaced (2 calls)
+    for x, expected_misses in ((dark, 0), (bright, 4)):
         diff, stats = run_both(store, x)
         assert diff == 0 and stats.misses == expected_misses
 
@@ -72,3 +73,50 @@ def test_buffers_are_swapped_with_their_unit(convert_once):
     # the non-persistent buffer is used after body ran: it joins the last unit entered before its use
     owner = next(u for u in store.units for t in u.tensors if t.name == "scale")
     assert owner.name == "body.3.1" and not owner.pinned
+
+
+def test_a_detour_inside_a_units_forward_keeps_that_unit_resident(convert_once):
+    store = convert_once("toy_models:detour", SMALL)
+    assert not next(u for u in store.units if u.name == "child").traced
+    bright = make_input(SMALL, seed=4) * 1000  # takes the branch the trace never saw
+    diff, stats = run_both(store, bright)
+    assert diff == 0 and stats.misses >= 2
+
+
+def test_a_weight_taken_before_another_unit_runs_is_pinned(convert_once):
+    store = convert_once("toy_models:fetch_before", SMALL)
+    assert [t.name for u in store.units if u.pinned for t in u.tensors] == ["b.weight"]
+    diff, _ = run_both(store, make_input(SMALL, seed=1))
+    assert diff == 0
+
+
+def test_state_updated_in_place_persists_like_the_resident_models(convert_once):
+    from swapnet_core import minimum_budget
+
+    store = convert_once("toy_models:counter", SMALL)
+    assert [t.name for u in store.units if u.pinned for t in u.tensors] == ["steps"]
+    resident = load_resident(store)
+    x = make_input(SMALL, seed=1)
+    with SwapModel(store, minimum_budget(store)) as swapped, torch.no_grad():
+        for _ in range(3):  # the counter was stored as before the trace, and both count alike
+            assert torch.equal(call_model(resident, store.call, x), call_model(swapped, store.call, x))
+        assert resident.steps.item() == 3
+
+
+def test_tensors_kept_outside_parameters_and_buffers_are_refused(disk_dir):
+    from swapnet_core import StoreError, convert
+
+    store = convert("toy_models:list_holder", disk_dir / "list_holder", input_spec=SMALL, progress=False)
+    with pytest.raises(StoreError, match="outside its parameters"):
+        store.build_skeleton()
+
+
+def test_an_evicted_weight_raises_instead_of_computing_on_garbage(convert_once):
+    from swapnet_core import WeightNotResidentError
+
+    store = convert_once("toy_models:shared_head", SMALL)
+    with SwapModel(store, minimum_budget(store)) as model:
+        weight = model.module.head_cls.weight  # not resident between calls
+        assert weight.shape == (4, 8, 1, 1) and weight.device.type == "meta"
+        with pytest.raises(WeightNotResidentError, match="head_cls.weight"):
+            weight.sum()

@@ -128,3 +128,76 @@ def branchy():
 
 def broken():
     raise RuntimeError("this factory always fails")
+
+
+class Detour(nn.Module):
+    """A unit whose own forward calls a data-dependent child, then uses its own weight again."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(8, 8)
+        self.w = nn.Parameter(torch.randn(8, 8))
+        self.child = nn.Linear(8, 8)
+        self.post = nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = self.pre(x.flatten(1)[:, :8])
+        h = x @ self.w
+        if h.mean() > 5:
+            h = self.child(h)
+        return self.post(h @ self.w)
+
+
+class FetchBefore(nn.Module):
+    """Takes another module's weight before a third unit runs, computes with it after."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        wb = self.b.weight
+        h = self.a(x.flatten(1)[:, :8])
+        return torch.nn.functional.linear(h, wb)
+
+
+class Counter(nn.Module):
+    """State a forward updates in place (a step counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.register_buffer("steps", torch.zeros(1))
+
+    def forward(self, x):
+        self.steps.add_(1)
+        return self.lin(x.flatten(1)[:, :8]) * self.steps
+
+
+class ListHolder(nn.Module):
+    """Keeps a tensor in a plain list attribute: cannot be rebuilt without weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.table = [torch.randn(8)]
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)[:, :8]) + self.table[0]
+
+
+def detour():
+    return Detour()
+
+
+def fetch_before():
+    return FetchBefore()
+
+
+def counter():
+    return Counter()
+
+
+def list_holder():
+    return ListHolder()
