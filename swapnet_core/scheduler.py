@@ -1,0 +1,369 @@
+"""Several SwapModels sharing one arena (the total budget), driven by deadlines.
+
+One worker thread runs one job at a time (one compute stream). Each model keeps only its latest
+pending frame: a newer one replaces it, and the older future is cancelled and counted as a drop, so
+no queue grows. Policies: "edf" (earliest deadline first), "fifo" (earliest submitted) and "rr"
+(round robin over models), the last two as baselines. While a job enters its last block, the first
+block of the job the policy would run next is read into that model's own part of the arena. With
+preemption on, a job whose deadline comes first may run between two blocks of a running job (the
+paused job keeps its activations). Budgets can be retuned at run time: validated at once, refused
+with the reason, applied at the next job boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import BudgetError, BudgetTooSmallError, SwapNetError
+from .memory import ArenaMemory
+from .models import call_model, make_input
+from .plan import make_plan, minimum_budget
+from .profile import load_profile
+from .runtime import ArenaRegion, SwapModel
+from .sizes import align_up, format_bytes, parse_size
+from .store import UNIT_ALIGN, BlockStore
+
+POLICIES = ("edf", "fifo", "rr")
+
+
+class SchedulerClosed(SwapNetError, RuntimeError):
+    """submit() after shutdown()."""
+
+
+@dataclass
+class _Job:
+    model: str
+    x: torch.Tensor
+    deadline: float  # time.monotonic() seconds
+    submitted: float
+    seq: int
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class JobRecord:
+    model: str
+    submitted: float
+    started: float
+    finished: float
+    deadline: float
+    ok: bool
+    preempted_by: str | None = None
+
+
+class ModelMetrics:
+    """Counters and a bounded window of latencies: cheap enough to leave on."""
+
+    def __init__(self, window: int):
+        self.latencies: deque[float] = deque(maxlen=window)
+        self.jobs_done = self.deadline_misses = self.drops = self.errors = 0
+        self.bytes_swapped = 0
+        self.last_error = ""
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies)
+
+        def pct(p):
+            return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] * 1000 if lat else None
+
+        return {"jobs_done": self.jobs_done, "deadline_misses": self.deadline_misses, "drops": self.drops,
+                "errors": self.errors, "bytes_swapped": self.bytes_swapped, "last_error": self.last_error,
+                "miss_rate": self.deadline_misses / self.jobs_done if self.jobs_done else 0.0,
+                "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99)}
+
+
+@dataclass
+class _Model:
+    name: str
+    store: BlockStore
+    budget: int
+    example: torch.Tensor
+    plan_kind: str
+    prefetch: int
+    swap: SwapModel | None = None
+    metrics: ModelMetrics | None = None
+
+
+class Scheduler:
+    """Run several block stores under one total weight budget.
+
+    scheduler = Scheduler("600MB", policy="edf")
+    scheduler.add_model("detection", "stores/frcnn", "250MB")
+    scheduler.start()
+    future = scheduler.submit("detection", image_batch, deadline=time.monotonic() + 0.1)
+    """
+
+    def __init__(self, total_budget_bytes: int | str, policy: str = "edf", preemption: bool = False,
+                 device: str = "cpu", io: str = "direct", history: int = 4096):
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.total_budget = parse_size(total_budget_bytes)
+        self.policy, self.preemption = policy, preemption
+        self.device, self.io = torch.device(device), io
+        self._models: dict[str, _Model] = {}
+        self._pending: dict[str, _Job] = {}
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._rr = 0
+        self._running: list[_Job] = []  # the running job, and any job preempting it
+        self._retune: tuple[int, dict[str, int], Future] | None = None
+        self._arena: ArenaMemory | None = None
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self._window = history
+        self.records: deque[JobRecord] = deque(maxlen=history)
+        self.occupancy: deque[tuple[float, int]] = deque(maxlen=history)  # (time, resident weight bytes)
+        self.reads: deque[tuple[str, int, float, float]] = deque(maxlen=history)  # (model, block, start, end)
+
+    # -- setup -----------------------------------------------------------------------------------
+    def add_model(self, name: str, store: BlockStore | str, budget_bytes: int | str, *,
+                  example_input: torch.Tensor | None = None, plan: str = "optimal", prefetch: int = 1) -> None:
+        """Register a model before start(); its budget is a part of the total."""
+        if self._worker is not None:
+            raise RuntimeError("add models before start()")
+        if name in self._models:
+            raise ValueError(f"model {name!r} is already registered")
+        store = store if isinstance(store, BlockStore) else BlockStore(store)
+        budget = parse_size(budget_bytes, of=store.total_bytes)
+        x = example_input if example_input is not None else make_input(store.default_input)
+        self._models[name] = _Model(name, store, budget, x, plan, prefetch, metrics=ModelMetrics(self._window))
+        self._validate(self.total_budget, {n: m.budget for n, m in self._models.items()})
+
+    def start(self) -> None:
+        if not self._models:
+            raise RuntimeError("no models registered")
+        self._build(self.total_budget, {n: m.budget for n, m in self._models.items()})
+        self._worker = threading.Thread(target=self._run, name="swapnet-scheduler", daemon=True)
+        self._worker.start()
+
+    def minimum_budget(self, name: str) -> int:
+        m = self._models[name]
+        return align_up(minimum_budget(m.store, m.prefetch), UNIT_ALIGN)
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def submit(self, name: str, x: torch.Tensor, deadline: float | None = None) -> Future:
+        """Queue a frame for `name`; replaces (and cancels) its pending frame. deadline: monotonic seconds."""
+        if name not in self._models:
+            raise KeyError(f"unknown model {name!r}")
+        now = time.monotonic()
+        job = _Job(name, x, deadline if deadline is not None else now + 1e9, now, next(self._seq))
+        with self._cond:
+            if self._stopping:
+                raise SchedulerClosed("the scheduler is shut down")
+            old = self._pending.pop(name, None)
+            if old is not None and old.future.cancel():
+                self._models[name].metrics.drops += 1
+            self._pending[name] = job
+            self._cond.notify()
+        return job.future
+
+    def set_budgets(self, total: int | str | None = None, budgets: dict[str, int | str] | None = None) -> Future:
+        """Retune the total and/or per-model budgets. Refused at once (BudgetError, with the reason) if a
+        model would get less than its minimum or the shares exceed the total; else applied at the next
+        job boundary, when the returned future completes."""
+        total_b = self.total_budget if total is None else parse_size(total)
+        new = {n: m.budget for n, m in self._models.items()}
+        for name, value in (budgets or {}).items():
+            if name not in self._models:
+                raise KeyError(f"unknown model {name!r}")
+            new[name] = parse_size(value, of=self._models[name].store.total_bytes)
+        self._validate(total_b, new)
+        done: Future = Future()
+        with self._cond:
+            if self._retune is not None:
+                self._retune[2].cancel()  # superseded
+            self._retune = (total_b, new, done)
+            self._cond.notify()
+        return done
+
+    def metrics(self) -> dict:
+        with self._cond:
+            return {"policy": self.policy, "preemption": self.preemption, "total_budget_bytes": self.total_budget,
+                    "models": {n: m.metrics.summary() | {"budget_bytes": m.budget, "bytes_swapped": (
+                                                             m.metrics.bytes_swapped + (m.swap.stats.bytes_read if m.swap else 0)),
+                                                         "arena_bytes": m.swap.plan.arena_bytes if m.swap else 0,
+                                                         "blocks": len(m.swap.plan.blocks) if m.swap else 0}
+                               for n, m in self._models.items()}}
+
+    def resident_bytes(self) -> int:
+        return sum(m.swap._resident_bytes() for m in self._models.values() if m.swap is not None)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking jobs, cancel the pending ones, finish the one in flight, free the arena."""
+        with self._cond:
+            self._stopping = True
+            for job in self._pending.values():
+                job.future.cancel()
+            self._pending.clear()
+            if self._retune is not None:
+                self._retune[2].cancel()
+                self._retune = None
+            self._cond.notify_all()
+        if self._worker is not None and wait:
+            self._worker.join()
+        if self._worker is None or not self._worker.is_alive():
+            self._teardown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _validate(self, total: int, budgets: dict[str, int]) -> None:
+        for name, budget in budgets.items():
+            minimum = self.minimum_budget(name)
+            if budget < minimum:
+                raise BudgetTooSmallError(budget, minimum, f"model {name!r}")
+        need = sum(align_up(b, UNIT_ALIGN) for b in budgets.values())
+        if need > total:
+            raise BudgetError(f"the models' budgets add up to {format_bytes(need)}, over the total "
+                              f"{format_bytes(total)}")
+
+    def _build(self, total: int, budgets: dict[str, int]) -> None:
+        """(Re)allocate the arena and plan every model into its own part of it (all models idle)."""
+        self._teardown_models()
+        if self._arena is None or self._arena.nbytes != total:
+            if self._arena is not None:
+                self._arena.close()
+            self._arena = ArenaMemory(align_up(total, UNIT_ALIGN), self.device,
+                                      staging_bytes=max(budgets.values(), default=0))
+        offset = 0
+        for name, m in self._models.items():
+            m.budget = budgets[name]
+            profile = None
+            if m.plan_kind == "optimal":
+                profile = load_profile(m.store, m.example, self.device, self.io, budget_bytes=m.budget)
+            plan = make_plan(m.store, m.budget, m.plan_kind, profile, m.prefetch)
+            size = align_up(m.budget, UNIT_ALIGN)
+            m.swap = SwapModel(m.store, m.budget, device=self.device, io=self.io, plan=plan,
+                               arena=ArenaRegion(self._arena, offset, size))
+            m.swap.read_log = _ReadLog(self.reads, name)
+            m.swap.on_block_boundary = self._boundary_hook(m)
+            offset += size
+        self.total_budget = total
+
+    def _teardown_models(self) -> None:
+        for m in self._models.values():
+            if m.swap is not None:
+                m.metrics.bytes_swapped += m.swap.stats.bytes_read
+                m.swap.close()
+                m.swap = None
+
+    def _teardown(self) -> None:
+        self._teardown_models()
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
+
+    def _pick(self, exclude: set[str] = frozenset()) -> _Job | None:
+        jobs = [j for n, j in self._pending.items() if n not in exclude]
+        if not jobs:
+            return None
+        if self.policy == "edf":
+            return min(jobs, key=lambda j: (j.deadline, j.seq))
+        if self.policy == "fifo":
+            return min(jobs, key=lambda j: j.seq)
+        names = list(self._models)
+        for k in range(len(names)):  # round robin: the next model after the last one served
+            name = names[(self._rr + k) % len(names)]
+            if name in self._pending and name not in exclude:
+                return self._pending[name]
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._pending and self._retune is None:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                retune, self._retune = self._retune, None
+                job = None if retune else self._take(self._pick())
+            if retune is not None:
+                self._apply(retune)
+                continue
+            if job is not None:
+                self._execute(job)
+
+    def _take(self, job: _Job | None) -> _Job | None:
+        if job is not None:
+            del self._pending[job.model]
+            if self.policy == "rr":
+                self._rr = (list(self._models).index(job.model) + 1) % len(self._models)
+        return job
+
+    def _apply(self, retune) -> None:
+        total, budgets, done = retune
+        try:
+            self._build(total, budgets)
+            done.set_result(True) if not done.cancelled() else None
+        except BaseException as e:  # noqa: BLE001 - the caller's future carries it
+            if not done.cancelled():
+                done.set_exception(e)
+
+    def _execute(self, job: _Job, preempting: str | None = None) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        m = self._models[job.model]
+        started = time.monotonic()
+        self.occupancy.append((started, self.resident_bytes()))
+        self._running.append(job)
+        ok = False
+        try:
+            out = call_model(m.swap, m.store.call, job.x)
+            ok = True
+        except BaseException as e:  # noqa: BLE001 - a failing job must not take the scheduler down
+            m.metrics.errors += 1
+            m.metrics.last_error = f"{type(e).__name__}: {e}"
+            job.future.set_exception(e)
+        finally:
+            self._running.pop()
+            finished = time.monotonic()
+            self.occupancy.append((finished, self.resident_bytes()))
+            self.records.append(JobRecord(job.model, job.submitted, started, finished, job.deadline, ok, preempting))
+        if ok:
+            m.metrics.jobs_done += 1
+            m.metrics.latencies.append(finished - job.submitted)
+            if finished > job.deadline:
+                m.metrics.deadline_misses += 1
+            job.future.set_result(out)
+
+    def _boundary_hook(self, m: _Model):
+        last = m.swap.plan.n_sequence - 1
+
+        def on_boundary(block: int) -> None:
+            busy = {j.model for j in self._running}  # their locks are held on this thread
+            if block == last and self.policy != "rr":  # the job's last block: read the next job's first
+                with self._cond:
+                    nxt = self._pick(exclude=busy)
+                if nxt is not None:
+                    self._models[nxt.model].swap.prefetch()
+            if self.preemption and len(self._running) == 1:
+                running = self._running[0]
+                with self._cond:
+                    urgent = self._pick(exclude=busy)
+                    if urgent is None or urgent.deadline >= running.deadline:
+                        return
+                    self._take(urgent)
+                self._execute(urgent, preempting=running.model)
+
+        return on_boundary
+
+
+class _ReadLog:
+    """Adapts a SwapModel's (block, start, end) read log to the scheduler's (model, block, start, end)."""
+
+    def __init__(self, sink: deque, name: str):
+        self.sink, self.name = sink, name
+
+    def append(self, item) -> None:
+        self.sink.append((self.name, *item))

@@ -1,0 +1,154 @@
+"""The multi-DNN scheduler: policies, latest-frame dropping, retuning, failures, preemption, shutdown."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from swapnet_core import BudgetError, BudgetTooSmallError, load_resident, minimum_budget
+from swapnet_core.models import call_model, make_input
+from swapnet_core.scheduler import Scheduler, SchedulerClosed
+
+X = "random:1x3x64x64"
+NAMES = ("a", "b", "c")
+
+
+@pytest.fixture(scope="module")
+def stores(convert_once):
+    return {"a": convert_once("torchvision:resnet18", X),
+            "b": convert_once("torchvision:mobilenet_v3_small", X),
+            "c": convert_once("torchvision:squeezenet1_1", X)}
+
+
+def make_scheduler(stores, policy="edf", preemption=False, share=3, extra=0):
+    budgets = {n: max(s.total_bytes // share, minimum_budget(s)) for n, s in stores.items()}
+    sched = Scheduler(sum(budgets.values()) + extra, policy=policy, preemption=preemption)
+    for n, s in stores.items():
+        sched.add_model(n, s, budgets[n], example_input=make_input(X))
+    return sched, budgets
+
+
+def swapnet_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("swapnet")]
+
+
+@pytest.mark.parametrize("policy,expected", [("edf", ["c", "a", "b"]), ("fifo", ["b", "c", "a"]),
+                                             ("rr", ["a", "b", "c"])])
+def test_policies_order_pending_jobs(stores, policy, expected):
+    sched, _ = make_scheduler(stores, policy)
+    now = time.monotonic()
+    futures = {"b": sched.submit("b", make_input(X), deadline=now + 3),
+               "c": sched.submit("c", make_input(X), deadline=now + 1),
+               "a": sched.submit("a", make_input(X), deadline=now + 2)}
+    sched.start()  # every job was pending before the worker chose
+    for f in futures.values():
+        f.result(timeout=60)
+    sched.shutdown()
+    assert [r.model for r in sched.records] == expected
+
+
+def test_outputs_are_exact_and_memory_stays_within_the_total(stores):
+    sched, budgets = make_scheduler(stores)
+    sched.start()
+    try:
+        for _ in range(3):
+            for n, s in stores.items():
+                got = sched.submit(n, make_input(X, seed=5)).result(timeout=60)
+                with torch.no_grad():
+                    assert torch.equal(got, call_model(load_resident(s), s.call, make_input(X, seed=5)))
+        assert max(b for _, b in sched.occupancy) <= sched.total_budget
+        assert sum(s.total_bytes for s in stores.values()) > 2.5 * sched.total_budget
+        m = sched.metrics()["models"]
+        assert all(m[n]["jobs_done"] == 3 and m[n]["p99_ms"] > 0 for n in NAMES)
+    finally:
+        sched.shutdown()
+
+
+def test_a_stream_keeps_only_its_latest_frame(stores):
+    sched, _ = make_scheduler(stores)
+    old = [sched.submit("a", make_input(X)) for _ in range(3)]
+    latest = sched.submit("a", make_input(X, seed=9))
+    sched.start()
+    latest.result(timeout=60)
+    sched.shutdown()
+    assert all(f.cancelled() for f in old)
+    m = sched.metrics()["models"]["a"]
+    assert m["drops"] == 3 and m["jobs_done"] == 1
+
+
+def test_budget_retune_is_applied_at_a_job_boundary_or_refused_with_a_reason(stores):
+    sched, budgets = make_scheduler(stores, extra=8 << 20)
+    sched.start()
+    try:
+        before = sched.metrics()["models"]["a"]
+        with pytest.raises(BudgetTooSmallError, match="'a'"):
+            sched.set_budgets(budgets={"a": minimum_budget(stores["a"]) - 4096})
+        with pytest.raises(BudgetError, match="over the total"):
+            sched.set_budgets(budgets={"a": budgets["a"] + (64 << 20)})
+        with pytest.raises(BudgetError, match="over the total"):
+            sched.set_budgets(total=sum(budgets.values()) - (1 << 20))
+        assert sched.metrics()["models"]["a"] == before  # refused: nothing changed
+        bigger = budgets["a"] + (8 << 20)
+        sched.set_budgets(budgets={"a": bigger}).result(timeout=60)
+        after = sched.metrics()["models"]["a"]
+        assert after["budget_bytes"] == bigger and after["arena_bytes"] <= bigger
+        assert sched.submit("a", make_input(X)).result(timeout=60) is not None  # still serving
+    finally:
+        sched.shutdown()
+
+
+def test_a_failing_job_does_not_take_the_scheduler_down(stores):
+    sched, _ = make_scheduler(stores)
+    sched.start()
+    try:
+        bad = sched.submit("a", torch.zeros(1, 5, 64, 64))  # wrong channel count
+        assert isinstance(bad.exception(timeout=60), RuntimeError)
+        assert sched.submit("a", make_input(X)).result(timeout=60).shape == (1, 1000)
+        m = sched.metrics()["models"]["a"]
+        assert m["errors"] == 1 and "RuntimeError" in m["last_error"]
+    finally:
+        sched.shutdown()
+
+
+def test_preemption_runs_an_urgent_job_between_blocks(stores):
+    sched, _ = make_scheduler(stores, preemption=True, share=6)
+    sched.start()
+    try:
+        gate = threading.Event()
+        long_model = sched._models["a"].swap
+        original = long_model.on_block_boundary
+        entered = []
+
+        def slow_boundary(block):  # hold the long job at its second block until the urgent job is queued
+            entered.append(block)
+            if len(entered) == 2:
+                gate.wait(30)
+            original(block)
+
+        long_model.on_block_boundary = slow_boundary
+        now = time.monotonic()
+        long_job = sched.submit("a", make_input(X), deadline=now + 100)
+        while len(entered) < 2:
+            time.sleep(0.005)
+        urgent = sched.submit("b", make_input(X), deadline=now + 1)
+        gate.set()
+        urgent.result(timeout=60)
+        long_job.result(timeout=60)
+    finally:
+        sched.shutdown()
+    b, a = [r for r in sched.records if r.model == "b"][0], [r for r in sched.records if r.model == "a"][0]
+    assert b.preempted_by == "a" and a.started < b.started and b.finished < a.finished
+
+
+def test_shutdown_with_jobs_in_flight_leaves_nothing_behind(stores):
+    before = len(swapnet_threads())
+    sched, _ = make_scheduler(stores)
+    sched.start()
+    futures = [sched.submit(n, make_input(X)) for n in NAMES]
+    sched.shutdown()
+    assert all(f.done() for f in futures)  # finished or cancelled, none left hanging
+    assert len(swapnet_threads()) == before
+    assert sched._arena is None and all(m.swap is None for m in sched._models.values())
+    with pytest.raises(SchedulerClosed):
+        sched.submit("a", make_input(X))
