@@ -341,6 +341,7 @@ class Scheduler:
         last = m.swap.plan.n_sequence - 1
 
         def on_boundary(block: int) -> None:
+            self.occupancy.append((time.monotonic(), self.resident_bytes()))
             busy = {j.model for j in self._running}  # their locks are held on this thread
             if block == last and self.policy != "rr":  # the job's last block: read the next job's first
                 with self._cond:
