@@ -66,6 +66,8 @@ def _io_options(p) -> None:
     p.add_argument("--prefetch", type=int, choices=(0, 1), default=1,
                    help="1: read the next block while the current one computes (default); 0: read on demand")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--verify", choices=("first", "always", "never"), default="first",
+                   help="check unit checksums on first read and when the file changes (default), always, never")
 
 
 def _plan_options(p) -> None:
@@ -145,7 +147,7 @@ def _run(args) -> int:
     store = BlockStore(args.store)
     x = make_input(args.input or store.default_input).to(args.device)
     plan, _profile, _seconds = _make_plan(args, store, x)
-    swapped = SwapModel(store, plan.budget_bytes, device=args.device, io=args.io, plan=plan)
+    swapped = SwapModel(store, plan.budget_bytes, device=args.device, io=args.io, plan=plan, verify=args.verify)
     resident = load_resident(store, args.device) if args.compare_resident else None
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
 

@@ -117,10 +117,12 @@ class SwapModel:
     store:  a BlockStore or its path.      budget_bytes: bytes, or a string such as '96MB', '25%', '1/4'.
     device: 'cpu' or 'cuda[:N]'.            io: 'direct' (O_DIRECT into the arena) or 'mmap'.
     prefetch: 1 reads the next block while the current one computes; 0 reads on demand.
+    verify: "first" checks each unit's CRC32 on its first read and whenever the file changes;
+            "always" on every read; "never".
     """
 
     def __init__(self, store: BlockStore | str, budget_bytes: int | str, device: str | torch.device = "cpu",
-                 io: str = "direct", prefetch: int = 1, plan: Plan | str = "optimal", verify: bool = True,
+                 io: str = "direct", prefetch: int = 1, plan: Plan | str = "optimal", verify: str = "first",
                  example_input: torch.Tensor | None = None, activation_reserve: int = 0,
                  arena: ArenaRegion | None = None):
         self.store = store if isinstance(store, BlockStore) else BlockStore(store)

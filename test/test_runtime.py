@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,43 @@ def test_flipped_byte_names_the_unit_and_file(resnet, disk_dir):
             assert e.value.unit == unit.name and str(bad.weights_path) in str(e.value)
     with pytest.raises(StoreCorruptError):  # a resident block is checked when it is loaded, at open
         SwapModel(bad, bad.total_bytes)
+
+
+@pytest.mark.parametrize("io", ["direct", "mmap"])
+def test_a_store_changed_while_in_use_is_checked_again(resnet, disk_dir, io):
+    store, want = resnet
+    live = copy_store(store, disk_dir / f"live_{io}")
+    unit = live.units[-3]
+    with SwapModel(live, "1/2", io=io, plan="greedy") as model:  # verify="first"
+        assert torch.equal(model(make_input(X, seed=3)), want)  # every unit checked once
+        with open(live.weights_path, "r+b") as f:  # written while the model runs: mtime changes
+            f.seek(unit.offset + 67)  # the high byte of a float32: a large change
+            b = f.read(1)
+            f.seek(unit.offset + 67)
+            f.write(bytes([b[0] ^ 0x40]))
+        time.sleep(0.01)
+        with pytest.raises(StoreCorruptError) as e:
+            model(make_input(X, seed=3))
+        assert e.value.unit == unit.name
+
+
+def test_verify_modes(resnet, disk_dir):
+    store, want = resnet
+    bad = copy_store(store, disk_dir / "verify_modes")
+    fc = bad.units[-1]
+    bias = next(t for t in fc.tensors if t.name == "fc.bias")
+    with open(bad.weights_path, "r+b") as f:  # the high byte of one logit's bias: that logit changes
+        f.seek(fc.offset + bias.offset + 3)
+        b = f.read(1)
+        f.seek(fc.offset + bias.offset + 3)
+        f.write(bytes([b[0] ^ 0x40]))
+    with SwapModel(bad, "1/2", plan="greedy", verify="always") as model:
+        with pytest.raises(StoreCorruptError):
+            model(make_input(X))
+    with SwapModel(bad, "1/2", plan="greedy", verify="never") as model:  # the user's choice: no check
+        assert not torch.equal(model(make_input(X, seed=3)), want)
+    with pytest.raises(ValueError, match="verify"):
+        SwapModel(bad, "1/2", plan="greedy", verify="sometimes")
 
 
 def test_truncated_store_is_refused_at_open_and_at_read(resnet, disk_dir):
