@@ -189,8 +189,22 @@ class Scheduler:
                     "models": {n: m.metrics.summary() | {"budget_bytes": m.budget, "bytes_swapped": (
                                                              m.metrics.bytes_swapped + (m.swap.stats.bytes_read if m.swap else 0)),
                                                          "arena_bytes": m.swap.plan.arena_bytes if m.swap else 0,
+                                                         "peak_resident_bytes": (m.swap.stats.peak_resident_weight_bytes
+                                                                                 if m.swap else 0),
                                                          "blocks": len(m.swap.plan.blocks) if m.swap else 0}
                                for n, m in self._models.items()}}
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Cancel the pending jobs (counted as drops) and wait until no job runs. Returns True if idle."""
+        with self._cond:
+            for name, job in list(self._pending.items()):
+                if job.future.cancel():
+                    self._models[name].metrics.drops += 1
+            self._pending.clear()
+        end = time.monotonic() + timeout
+        while self._running and time.monotonic() < end:
+            time.sleep(0.005)
+        return not self._running
 
     def resident_bytes(self) -> int:
         return sum(m.swap._resident_bytes() for m in self._models.values() if m.swap is not None)

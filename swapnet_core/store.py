@@ -256,7 +256,7 @@ def _parse_unit(index: int, u: dict) -> Unit:
 
 def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | None = None,
             input_spec: str | None = None, force: bool = False, progress: bool = True,
-            spec: ModelSpec | None = None) -> BlockStore:
+            spec: ModelSpec | None = None, progress_file=None) -> BlockStore:
     """Convert a model into a block store at `out`, atomically (a temporary folder renamed into place)."""
     out = Path(out)
     if out.exists() and not force:
@@ -283,7 +283,7 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        manifest = _write_store(tmp, units, result, progress=progress, desc=ref)
+        manifest = _write_store(tmp, units, result, progress=progress, desc=ref, progress_file=progress_file)
         manifest.update({
             "architecture": {"ref": ref, "task": spec.task, "call": spec.call,
                              "class": f"{type(model).__module__}.{type(model).__qualname__}"},
@@ -324,7 +324,7 @@ def _group_units(result) -> list[tuple[str, bool, bool, list[int]]]:
     return units
 
 
-def _write_store(folder: Path, units, result, *, progress: bool, desc: str) -> dict:
+def _write_store(folder: Path, units, result, *, progress: bool, desc: str, progress_file=None) -> dict:
     from tqdm import tqdm
 
     # Lay out every unit, relative to the start of the data section.
@@ -364,7 +364,8 @@ def _write_store(folder: Path, units, result, *, progress: bool, desc: str) -> d
     manifest_units = []
     path = folder / WEIGHTS_NAME
     with open(path, "wb") as f, tqdm(total=data_len, unit="B", unit_scale=True, desc=f"convert {desc}",
-                                     disable=not progress, leave=False) as bar:
+                                     disable=not progress, leave=False, file=progress_file,
+                                     mininterval=0.1 if progress_file is None else 2.0) as bar:
         f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
         for name, pinned, traced, placed, urel, size in layout:
             buf = bytearray(size)

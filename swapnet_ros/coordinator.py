@@ -1,0 +1,215 @@
+"""SwapCoordinator: the lifecycle node that owns the shared weight budget and the scheduler.
+
+configure = open (or convert) the model nodes' stores, plan, allocate the arena; activate = serve;
+deactivate = stop taking jobs and finish the one in flight; cleanup = free the arena and stores;
+shutdown from any state. Model nodes in the same process register with it and submit frames.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import time
+from pathlib import Path
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+from swapnet_core import BlockStore, SwapNetError, convert
+from swapnet_core.errors import BudgetError
+from swapnet_core.scheduler import POLICIES, Scheduler
+from swapnet_core.sizes import format_bytes
+from swapnet_ros.msg import CoordinatorStatus, ModelStatus
+
+MB = 1 << 20
+
+
+class _LogWriter:
+    """A file-like sink for tqdm that sends progress lines to a ROS logger."""
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n ")
+        if text:
+            self.logger.info(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class SwapCoordinator(LifecycleNode):
+    def __init__(self, name: str = "swap_coordinator", **kwargs):
+        super().__init__(name, **kwargs)
+        self.declare_parameter("total_budget_mb", 512.0, ParameterDescriptor(
+            description="weight memory shared by all models, MiB", floating_point_range=[
+                FloatingPointRange(from_value=1.0, to_value=1e6, step=0.0)]))
+        self.declare_parameter("policy", "edf", ParameterDescriptor(
+            description=f"job order: {', '.join(POLICIES)}", read_only=True))
+        self.declare_parameter("preemption", False, ParameterDescriptor(
+            description="let an urgent job run between two blocks of a long one", read_only=True))
+        self.declare_parameter("store_dir", str(Path.home() / ".cache" / "swapnet_ros" / "stores"), ParameterDescriptor(
+            description="where model references are converted into block stores on first use", read_only=True))
+        self.declare_parameter("status_period_s", 1.0, ParameterDescriptor(
+            description="how often ~/status and /diagnostics are published", read_only=True))
+        self.declare_parameter("autostart", True, ParameterDescriptor(
+            description="configure and activate at start-up (the perception executable acts on it)", read_only=True))
+        self.declare_parameter("models", ["detection", "segmentation", "depth"], ParameterDescriptor(
+            description="names of the model nodes this process hosts", read_only=True))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.clients_by_name: dict = {}
+        self.scheduler: Scheduler | None = None
+        self.serving = False
+        self._status_pub = self.create_publisher(CoordinatorStatus, "~/status", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(self.get_parameter("status_period_s").value, self.publish_status)
+
+    # -- model nodes -----------------------------------------------------------------------------
+    def register(self, model_node) -> None:
+        self.clients_by_name[model_node.get_name()] = model_node
+
+    def submit(self, name: str, x, deadline: float):
+        """A future for the model's output, or None when not serving (the frame is dropped)."""
+        if not self.serving or self.scheduler is None:
+            return None
+        return self.scheduler.submit(name, x, deadline)
+
+    def request_budget(self, name: str, budget_bytes: int) -> str | None:
+        """Apply a model's new budget at the next job boundary; the reason if refused."""
+        if self.scheduler is None:
+            return None  # used at the next configure
+        try:
+            self.scheduler.set_budgets(budgets={name: budget_bytes})
+        except (BudgetError, KeyError) as e:
+            return str(e)
+        return None
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == "total_budget_mb" and self.scheduler is not None:
+                try:
+                    self.scheduler.set_budgets(total=int(p.value * MB))
+                except BudgetError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        total = int(self.get_parameter("total_budget_mb").value * MB)
+        try:
+            sched = Scheduler(total, policy=self.get_parameter("policy").value,
+                              preemption=self.get_parameter("preemption").value)
+            for name, node in self.clients_by_name.items():
+                store = self._open_store(node)
+                sched.add_model(name, store, node.budget_bytes(), example_input=node.example_input())
+            sched.start()
+        except (SwapNetError, ValueError, OSError) as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.scheduler = sched
+        m = sched.metrics()["models"]
+        for name, info in m.items():
+            self.get_logger().info(f"{name}: budget {format_bytes(info['budget_bytes'])}, {info['blocks']} blocks, "
+                                   f"arena {format_bytes(info['arena_bytes'])}")
+        self.get_logger().info(f"configured: total budget {format_bytes(total)}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.serving = True
+        self.get_logger().info("active: serving")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self.serving = False
+        if self.scheduler is not None and not self.scheduler.drain():
+            self.get_logger().warning("a job was still running after 30 s")
+        self.get_logger().info("inactive: not taking jobs")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("cleaned up: arena and stores freed")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self.serving = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state) -> TransitionCallbackReturn:
+        self.serving = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+            self.scheduler = None
+        gc.collect()
+        try:  # hand freed heap pages back to the OS, so the process's RSS drops
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+
+    def _open_store(self, node) -> BlockStore:
+        ref = node.get_parameter("model").value
+        if Path(ref).is_dir():
+            return BlockStore(ref)
+        folder = Path(self.get_parameter("store_dir").value) / ref.replace(":", "_").replace("/", "_").replace("?", "_")
+        weights = node.get_parameter("weights").value or None
+        try:
+            store = BlockStore(folder)
+            if store.ref == ref:
+                return store
+        except SwapNetError:
+            pass
+        self.get_logger().info(f"converting {ref} into {folder} (first use)")
+        return convert(ref, folder, weights=weights, input_spec=node.input_spec(), force=folder.exists(),
+                       progress_file=_LogWriter(self.get_logger()))
+
+    # -- status ----------------------------------------------------------------------------------
+    def publish_status(self) -> None:
+        msg = CoordinatorStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.state = self._state_label()
+        msg.total_budget_bytes = int(self.get_parameter("total_budget_mb").value * MB)
+        sched = self.scheduler
+        metrics = sched.metrics()["models"] if sched is not None else {}
+        msg.arena_bytes = sched.total_budget if sched is not None else 0
+        diag = DiagnosticArray()
+        diag.header.stamp = msg.header.stamp
+        for name, node in self.clients_by_name.items():
+            m = metrics.get(name, {})
+            st = ModelStatus(name=name)
+            st.state = ("serving" if self.serving else "ready") if m else "unconfigured"
+            st.budget_bytes = int(m.get("budget_bytes", node.budget_bytes()))
+            st.min_budget_bytes = int(sched.minimum_budget(name)) if sched is not None else 0
+            st.peak_resident_bytes = int(m.get("peak_resident_bytes", 0))
+            st.num_blocks = int(m.get("blocks", 0))
+            for field in ("p50", "p95", "p99"):
+                setattr(st, f"latency_{field}_ms", float(m.get(f"{field}_ms") or 0.0))
+            st.jobs_done, st.deadline_misses = int(m.get("jobs_done", 0)), int(m.get("deadline_misses", 0))
+            st.drops, st.errors = int(m.get("drops", 0)) + node.dropped_inactive, int(m.get("errors", 0))
+            st.malformed_inputs = node.malformed_count()
+            st.last_error = m.get("last_error", "") or node.last_input_error
+            msg.models.append(st)
+            level = DiagnosticStatus.OK
+            if st.errors or st.malformed_inputs:
+                level = DiagnosticStatus.WARN
+            diag.status.append(DiagnosticStatus(
+                level=level, name=f"swapnet/{name}", hardware_id=self.get_name(),
+                message=f"{st.state}: p99 {st.latency_p99_ms:.0f} ms, {st.deadline_misses} misses, {st.drops} drops",
+                values=[KeyValue(key=k, value=str(getattr(st, k))) for k in (
+                    "budget_bytes", "min_budget_bytes", "peak_resident_bytes", "num_blocks", "jobs_done",
+                    "deadline_misses", "drops", "malformed_inputs", "errors", "last_error")]))
+        self._status_pub.publish(msg)
+        self._diag_pub.publish(diag)
+
+    def _state_label(self) -> str:
+        try:
+            return self._state_machine.current_state[1]
+        except Exception:  # noqa: BLE001 - rclpy internals differ between distributions
+            return "active" if self.serving else ("inactive" if self.scheduler else "unconfigured")

@@ -1,0 +1,198 @@
+"""One node class, three configurations: detection, segmentation, depth.
+
+Subscribes to an image topic with sensor-data QoS, turns each frame into the model's input, submits it
+to the SwapCoordinator with a deadline, and publishes the result with the input's stamp and frame_id:
+  detection    ~/detections   swapnet_ros/Detection2DArray (vision_msgs layout), boxes in input pixels
+  segmentation ~/mask         class ids, mono8 (16UC1 beyond 256 classes); ~/mask_color rgb8 if asked
+  depth        ~/depth        32FC1 (REP 118), at the input's resolution
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import torch
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from swapnet_core.sizes import format_bytes
+from swapnet_ros.image_codec import ImageError, array_to_tensor, colorize, image_to_array, make_image
+from swapnet_ros.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+TASKS = ("detection", "segmentation", "depth")
+MB = 1 << 20
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+DEFAULT_MODELS = {"detection": "torchvision:ssdlite320_mobilenet_v3_large",
+                  "segmentation": "torchvision:lraspp_mobilenet_v3_large",
+                  "depth": "transformers:depth-anything-small"}
+
+
+class SwapModelNode(Node):
+    def __init__(self, name: str, coordinator, task: str | None = None, **kwargs):
+        super().__init__(name, **kwargs)
+        ro = dict(read_only=True)
+        self.declare_parameter("task", task or (name if name in TASKS else "detection"), ParameterDescriptor(
+            description=f"one of {', '.join(TASKS)}", **ro))
+        self.task = self.get_parameter("task").value
+        if self.task not in TASKS:
+            raise ValueError(f"{name}: task must be one of {TASKS}, got {self.task!r}")
+        self.declare_parameter("model", DEFAULT_MODELS[self.task], ParameterDescriptor(
+            description="model reference (torchvision:NAME, transformers:PRESET, package.module:factory) "
+                        "or a block store folder", **ro))
+        self.declare_parameter("weights", "", ParameterDescriptor(
+            description="local checkpoint (.safetensors or a weights_only state dict); empty = random weights", **ro))
+        self.declare_parameter("budget_mb", 64.0, ParameterDescriptor(
+            description="this model's share of the coordinator's budget, MiB; applied at the next job boundary",
+            floating_point_range=[FloatingPointRange(from_value=0.5, to_value=1e6, step=0.0)]))
+        self.declare_parameter("deadline_ms", 0.0, ParameterDescriptor(
+            description="relative deadline of a frame; 0 = the measured input period",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=60000.0, step=0.0)]))
+        self.declare_parameter("input_topic", f"/camera/image_raw", ParameterDescriptor(
+            description="sensor_msgs/Image topic to serve", **ro))
+        self.declare_parameter("input_size", [0, 0], ParameterDescriptor(
+            description="[height, width] the frame is resized to for the network; [0, 0] = as received", **ro))
+        self.declare_parameter("score_threshold", 0.3, ParameterDescriptor(
+            description="detections below this score are not published",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]))
+        self.declare_parameter("publish_color", True, ParameterDescriptor(
+            description="segmentation: also publish ~/mask_color (rgb8)"))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.coordinator = coordinator
+        self.malformed: dict[str, int] = {}
+        self.last_input_error = ""
+        self.dropped_inactive = 0
+        self._period = None  # measured input period, seconds (EMA)
+        self._last_arrival = None
+        self._lock = threading.Lock()
+        if self.task == "detection":
+            self._pub = self.create_publisher(Detection2DArray, "~/detections", 10)
+        elif self.task == "segmentation":
+            self._pub = self.create_publisher(Image, "~/mask", 10)
+            self._color_pub = self.create_publisher(Image, "~/mask_color", 10)
+        else:
+            self._pub = self.create_publisher(Image, "~/depth", 10)
+        self._categories = None
+        self.create_subscription(Image, self.get_parameter("input_topic").value, self._on_image, qos_profile_sensor_data)
+        coordinator.register(self)
+
+    # -- used by the coordinator --------------------------------------------------------------
+    def budget_bytes(self) -> int:
+        return int(self.get_parameter("budget_mb").value * MB)
+
+    def input_spec(self) -> str:
+        h, w = self.get_parameter("input_size").value
+        return f"random:1x3x{h or 240}x{w or 320}"
+
+    def example_input(self) -> torch.Tensor:
+        h, w = self.get_parameter("input_size").value
+        return self._preprocess(torch.rand(1, 3, h or 240, w or 320))
+
+    def malformed_count(self) -> int:
+        return sum(self.malformed.values())
+
+    # -- parameters ----------------------------------------------------------------------------
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == "budget_mb":
+                reason = self.coordinator.request_budget(self.get_name(), int(p.value * MB))
+                if reason:
+                    return SetParametersResult(successful=False, reason=reason)
+                self.get_logger().info(f"budget {format_bytes(p.value * MB)}: re-planned at the next job boundary")
+        return SetParametersResult(successful=True)
+
+    # -- frames --------------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        arrival = time.monotonic()
+        if self._last_arrival is not None:
+            gap = arrival - self._last_arrival
+            self._period = gap if self._period is None else 0.8 * self._period + 0.2 * gap
+        self._last_arrival = arrival
+        try:
+            rgb = image_to_array(msg)
+        except ImageError as e:
+            first = e.cause not in self.malformed
+            self.malformed[e.cause] = self.malformed.get(e.cause, 0) + 1
+            self.last_input_error = str(e)
+            if first:  # once per cause; the count is in the status message
+                self.get_logger().warning(f"dropping malformed image on {self.get_parameter('input_topic').value}: {e}")
+            return
+        if not self.coordinator.serving:
+            self.dropped_inactive += 1
+            return
+        x = self._preprocess(array_to_tensor(rgb))
+        deadline_ms = self.get_parameter("deadline_ms").value or (self._period or 0.1) * 1000
+        future = self.coordinator.submit(self.get_name(), x, arrival + deadline_ms / 1000)
+        if future is None:
+            self.dropped_inactive += 1
+            return
+        header, size, net_size = msg.header, rgb.shape[:2], tuple(x.shape[2:])
+        future.add_done_callback(lambda f: self._publish(f, header, size, net_size))
+
+    def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.get_parameter("input_size").value
+        if self.task == "depth":  # ViT patches of 14: round the size to a multiple
+            h, w = (max(14, round((h or x.shape[2]) / 14) * 14), max(14, round((w or x.shape[3]) / 14) * 14))
+        if h and w and (h, w) != tuple(x.shape[2:]):
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        if self.task != "detection":  # torchvision detectors normalise inside
+            x = (x - _MEAN) / _STD
+        return x
+
+    def _publish(self, future, header, size, net_size) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self.get_logger().error(f"inference failed: {error}", throttle_duration_sec=5.0)
+            return
+        out = future.result()
+        h, w = size
+        if self.task == "detection":
+            self._pub.publish(self._detections(out[0], header, h / net_size[0], w / net_size[1]))
+        elif self.task == "segmentation":
+            logits = out["out"] if isinstance(out, dict) else out
+            logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            ids = logits.argmax(1)[0].numpy()
+            ids = ids.astype(np.uint8) if logits.shape[1] <= 256 else ids.astype(np.uint16)
+            self._pub.publish(make_image(header, ids, "mono8" if ids.dtype == np.uint8 else "16UC1"))
+            if self.get_parameter("publish_color").value:
+                self._color_pub.publish(make_image(header, colorize(ids), "rgb8"))
+        else:
+            depth = out.predicted_depth if hasattr(out, "predicted_depth") else out
+            depth = torch.nn.functional.interpolate(depth.unsqueeze(1), size=(h, w), mode="bilinear",
+                                                    align_corners=False)[0, 0]
+            self._pub.publish(make_image(header, depth.numpy().astype(np.float32), "32FC1"))
+
+    def _detections(self, out: dict, header, sy: float, sx: float) -> Detection2DArray:
+        """Boxes scaled from the network's input back to the frame's pixels."""
+        msg = Detection2DArray(header=header)
+        threshold = self.get_parameter("score_threshold").value
+        names = self._category_names()
+        for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
+            if score < threshold:
+                continue
+            det = Detection2D(header=header)
+            x1, y1, x2, y2 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+            det.bbox.center.position.x, det.bbox.center.position.y = (x1 + x2) / 2, (y1 + y2) / 2
+            det.bbox.size_x, det.bbox.size_y = x2 - x1, y2 - y1
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id = names[label] if names and 0 <= label < len(names) else str(label)
+            hyp.hypothesis.score = float(score)
+            det.results.append(hyp)
+            msg.detections.append(det)
+        return msg
+
+    def _category_names(self):
+        if self._categories is None:
+            self._categories = []
+            try:  # COCO names ship inside torchvision (no download)
+                from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+                self._categories = list(FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
+            except Exception:  # noqa: BLE001 - names are a nicety
+                pass
+        return self._categories
