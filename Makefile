@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STORES := stores
 
-.PHONY: setup build test demo clean
+.PHONY: setup build test demo demo-core bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -21,16 +21,33 @@ $(STAMP): requirements.txt setup.py
 build: setup
 	bash scripts/build_ros.sh
 
+# colcon runs the pytest suite (unit, zoo and ROS integration tests) through ament_cmake_pytest
 test: build
-	source scripts/ros_env.sh && pytest test
+	source scripts/ros_env.sh && colcon test --base-paths . --build-base build --install-base install \
+		--packages-select swapnet_ros --return-code-on-test-failure --event-handlers console_direct+
 
 $(STORES)/resnet50/manifest.json: $(STAMP)
 	$(VENV)/bin/swapnet convert torchvision:resnet50 --out $(STORES)/resnet50 --force
 
-demo: $(STORES)/resnet50/manifest.json
+# The main job: camera_replay -> perception (three networks sharing one budget) -> viewer, on the
+# bundled photos; prints a per-model table and leaves annotated frames in out/demo/frames.
+# (python -P: the source tree's swapnet_ros, which lacks the generated messages, must not shadow install/)
+demo: build
+	source scripts/ros_env.sh && python -P -m swapnet_ros.demo --params config/perception.yaml --out out/demo
+
+# The core alone: one network swapped at 1/4 of its weights vs. resident.
+demo-core: $(STORES)/resnet50/manifest.json
 	$(VENV)/bin/swapnet plan $(STORES)/resnet50 --budget 1/4
 	$(VENV)/bin/swapnet run $(STORES)/resnet50 --budget 1/4 --compare-resident --repeat 7
 	$(VENV)/bin/swapnet run $(STORES)/resnet50 --budget 1/4 --compare-resident --repeat 7 --io mmap
 
+bench: setup
+	$(PY) bench/swap_vs_resident.py
+	$(PY) bench/multi_dnn.py
+
+bench-quick: setup
+	$(PY) bench/swap_vs_resident.py --quick
+	$(PY) bench/multi_dnn.py --quick
+
 clean:
-	rm -rf build install log $(STORES)
+	rm -rf build install log $(STORES) out
