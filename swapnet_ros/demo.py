@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -67,7 +66,8 @@ def main() -> int:
             rclpy.spin_once(node, timeout_sec=0.5)
             lines = (out / "perception.log").read_text().splitlines()
             for line in lines[shown:]:
-                print("  perception:", line[-160:])
+                # "[INFO] [1795875808.98] [swap_coordinator]: text" -> "swap_coordinator: text"
+                print("  " + (line.split("] [", 2)[-1].replace("]:", ":", 1) if line.startswith("[") else line))
             shown = len(lines)
             if perception.poll() is not None:
                 raise SystemExit(f"perception exited with {perception.returncode}; see {out / 'perception.log'}")
@@ -105,14 +105,25 @@ def main() -> int:
     print(f"\n{'model':14}{'image->result ms':>18}{'scheduler p50 ms':>18}{'ROS overhead ms':>17}{'budget':>11}"
           f"{'min budget':>12}{'peak resident':>15}{'blocks':>8}{'jobs':>6}{'misses':>8}{'drops':>7}")
     for m in status[-1].models:
-        lat = e2e.get(topic.get(m.name, ""), [])
-        end_to_end = statistics.median(lat) if lat else float("nan")
+        lat = sorted(e2e.get(topic.get(m.name, ""), []))
+        # nearest-rank median, as the status's p50, so that the two compare frame for frame
+        end_to_end = lat[int(round(0.5 * (len(lat) - 1)))] if lat else float("nan")
         print(f"{m.name:14}{end_to_end:18.0f}{m.latency_p50_ms:18.0f}{end_to_end - m.latency_p50_ms:17.0f}"
               f"{format_bytes(m.budget_bytes):>11}{format_bytes(m.min_budget_bytes):>12}"
               f"{format_bytes(m.peak_resident_bytes):>15}{m.num_blocks:>8}{m.jobs_done:>6}{m.deadline_misses:>8}"
               f"{m.drops:>7}")
     total = status[-1].total_budget_bytes
     print(f"total budget {format_bytes(total)}; annotated frames and contact sheet in {out / 'frames'}")
+    print("image->result: camera stamp to result received by the viewer (another process); scheduler: frame "
+          "submitted to result ready, swapping included; ROS overhead: the difference")
+    import yaml
+
+    params = yaml.safe_load(Path(args.params).read_text())
+    random_models = [m.name for m in status[-1].models
+                     if not params.get(m.name, {}).get("ros__parameters", {}).get("weights")]
+    if random_models:
+        print(f"note: {', '.join(random_models)} run with random weights (no `weights` checkpoint configured): "
+              f"their outputs are noise; the swapping, scheduling and timing are real")
     return 0
 
 
