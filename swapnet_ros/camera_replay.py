@@ -153,7 +153,10 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.get_logger().info(f"published {node.published} frames")
+        if rclpy.ok():
+            node.get_logger().info(f"published {node.published} frames")
+        else:  # after Ctrl-C the context is gone: rosout cannot take a log message any more
+            print(f"camera_replay: published {node.published} frames", file=sys.stderr)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

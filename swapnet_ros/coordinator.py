@@ -71,7 +71,7 @@ class SwapCoordinator(LifecycleNode):
     def register(self, model_node) -> None:
         self.clients_by_name[model_node.get_name()] = model_node
 
-    def submit(self, name: str, x, deadline: float):
+    def submit(self, name: str, x, deadline: float | None):
         """A future for the model's output, or None when not serving (the frame is dropped)."""
         if not self.serving or self.scheduler is None:
             return None
@@ -167,8 +167,12 @@ class SwapCoordinator(LifecycleNode):
         except SwapNetError:
             pass
         self.get_logger().info(f"converting {ref} into {folder} (first use)")
-        return convert(ref, folder, weights=weights, input_spec=node.input_spec(), force=folder.exists(),
-                       progress_file=_LogWriter(self.get_logger()))
+        started = time.monotonic()
+        store = convert(ref, folder, weights=weights, input_spec=node.input_spec(), force=folder.exists(),
+                        progress_file=_LogWriter(self.get_logger()))
+        self.get_logger().info(f"converted {ref}: {len(store.units)} units, {format_bytes(store.total_bytes)} "
+                               f"in {time.monotonic() - started:.1f} s" + (", random weights" if store.random_weights else ""))
+        return store
 
     # -- status ----------------------------------------------------------------------------------
     def publish_status(self) -> None:

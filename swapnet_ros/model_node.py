@@ -102,7 +102,7 @@ class SwapModelNode(Node):
                 reason = self.coordinator.request_budget(self.get_name(), int(p.value * MB))
                 if reason:
                     return SetParametersResult(successful=False, reason=reason)
-                self.get_logger().info(f"budget {format_bytes(p.value * MB)}: re-planned at the next job boundary")
+                self.get_logger().info(f"budget {format_bytes(p.value * MB)}: will be re-planned at the next job boundary")
         return SetParametersResult(successful=True)
 
     # -- frames --------------------------------------------------------------------------------
@@ -125,8 +125,10 @@ class SwapModelNode(Node):
             self.dropped_inactive += 1
             return
         x = self._preprocess(array_to_tensor(rgb))
-        deadline_ms = self.get_parameter("deadline_ms").value or (self._period or 0.1) * 1000
-        future = self.coordinator.submit(self.get_name(), x, arrival + deadline_ms / 1000)
+        deadline_ms = self.get_parameter("deadline_ms").value or (self._period or 0.0) * 1000
+        # before the input period is known (the first frame) a frame has no deadline to miss
+        deadline = arrival + deadline_ms / 1000 if deadline_ms else None
+        future = self.coordinator.submit(self.get_name(), x, deadline)
         if future is None:
             self.dropped_inactive += 1
             return

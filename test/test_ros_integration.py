@@ -229,3 +229,13 @@ def test_lifecycle_from_another_process(client):
     got = send_and_collect(client, frame(client, 12))
     assert got["detections"].header.frame_id == "cam12"
     assert transition(client, "shutdown") and state(client) == "finalized"
+
+
+def test_sigterm_stops_the_process_cleanly(client):
+    client.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = client.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        client.proc.kill()
+        raise AssertionError("perception did not exit within 15 s of SIGTERM")
+    assert rc == 0
