@@ -259,11 +259,11 @@ def plan_optimal(store: BlockStore, budget_bytes: int, profile: Profile, prefetc
 
 
 def _prefix_candidates(off, room):
-    """Resident-prefix lengths worth trying: none, and prefixes using up to 15/16 of the room in steps."""
+    """Resident-prefix lengths worth trying: none, and prefixes using up to 7/8 of the room in steps."""
     m = len(off) - 1
     cands = {0}
-    for k in range(1, 16):
-        q = bisect.bisect_right(off, off[0] + room * k / 16) - 1
+    for k in range(1, 8):
+        q = bisect.bisect_right(off, off[0] + room * k / 8) - 1
         if 0 < q < m:
             cands.add(q)
     return sorted(cands)
@@ -297,6 +297,7 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
             return None
         return float(F[m]), _unwind(parent, m)
     # prefetch=1: state (i, j) = the last block so far covers segments i..j; F excludes its compute.
+    # For each j, every state (i, j) moves to every next block (j+1, l) at once (an i x l array).
     F = np.full((m, m), inf)
     parent = np.full((m, m), -1, dtype=np.int64)
     ends = np.arange(m)
@@ -304,21 +305,21 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
     fits = first <= cap
     F[0, ends[fits]] = np.maximum(head, lat + first[fits] / bw)
     for j in range(m - 1):
-        for i in range(j + 1):
-            f = F[i, j]
-            if f == inf:
-                continue
-            used = off[j + 1] - off[i]
-            # the next block j+1..l must fit beside this one: used + bytes(j+1..l) <= cap
-            limit = int(np.searchsorted(off, off[j + 1] + (cap - used), side="right")) - 2
-            if limit < j + 1:
-                continue
-            ls = np.arange(j + 1, limit + 1)
-            cand = f + np.maximum(csum[j + 1] - csum[i], lat + (off[ls + 1] - off[j + 1]) / bw)
-            row = F[j + 1, j + 1:limit + 1]
-            better = cand < row
-            row[better] = cand[better]
-            parent[j + 1, j + 1:limit + 1][better] = i
+        starts = np.nonzero(np.isfinite(F[:j + 1, j]))[0]
+        if starts.size == 0:
+            continue
+        used = off[j + 1] - off[starts]  # bytes of each candidate current block
+        limit = int(np.searchsorted(off, off[j + 1] + (cap - used.min()), side="right")) - 2
+        if limit < j + 1:
+            continue
+        ls = np.arange(j + 1, limit + 1)
+        nxt = off[ls + 1] - off[j + 1]  # bytes of each candidate next block
+        cand = F[starts, j][:, None] + np.maximum((csum[j + 1] - csum[starts])[:, None], lat + nxt[None, :] / bw)
+        cand[used[:, None] + nxt[None, :] > cap] = inf
+        best = np.argmin(cand, axis=0)
+        value = cand[best, np.arange(ls.size)]
+        F[j + 1, ls] = value
+        parent[j + 1, ls] = np.where(np.isfinite(value), starts[best], -1)
     total = F[:, m - 1] + (csum[m] - csum[:m])
     i = int(np.argmin(total))
     if not np.isfinite(total[i]):
