@@ -152,6 +152,9 @@ def main(args=None) -> int:
             rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - SIGTERM/Ctrl-C can invalidate the context mid-wait
+        if rclpy.ok():
+            raise
     finally:
         if rclpy.ok():
             node.get_logger().info(f"published {node.published} frames")

@@ -34,6 +34,9 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - SIGTERM/Ctrl-C can invalidate the context mid-wait
+        if rclpy.ok():
+            raise
     finally:
         coordinator.serving = False
         coordinator._release()

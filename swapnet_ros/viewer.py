@@ -127,6 +127,10 @@ def main(args=None) -> int:
             rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         node.write_contact_sheet()
+    except Exception:  # noqa: BLE001 - SIGTERM/Ctrl-C can invalidate the context mid-wait
+        if rclpy.ok():
+            raise
+        node.write_contact_sheet()
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
