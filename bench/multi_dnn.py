@@ -33,7 +33,7 @@ from swapnet_core.sizes import align_up, format_bytes
 FULL = {
     "detection": ("torchvision:fasterrcnn_resnet50_fpn?min_size=320&max_size=426", "random:1x3x320x426"),
     "segmentation": ("torchvision:deeplabv3_resnet50", "random:1x3x240x320"),
-    "depth": ("transformers:depth-anything-small", "random:1x3x196x252"),
+    "depth": ("transformers:depth-anything-base", "random:1x3x196x252"),
 }
 QUICK = {
     "detection": ("torchvision:ssdlite320_mobilenet_v3_large", "random:1x3x320x320"),
@@ -109,7 +109,7 @@ def share_budget(stores, total):
     over = sum(budgets.values()) - total
     if over > 0:  # take the excess from those above their minimum, largest first
         for n in sorted(budgets, key=lambda k: budgets[k] - minimum[k], reverse=True):
-            cut = min(over, budgets[n] - minimum[n]) // 4096 * 4096
+            cut = min(align_up(over, 4096), (budgets[n] - minimum[n]) // 4096 * 4096)
             budgets[n] -= cut
             over -= cut
     if sum(budgets.values()) > total:
