@@ -14,11 +14,11 @@ from typing import Iterator
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
+from swapnet_ros.lifecycle_util import stops_quietly_on_shutdown
 from swapnet_ros.image_codec import make_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -148,13 +148,9 @@ def main(args=None) -> int:
     rclpy.init(args=args)
     node = CameraReplay()
     try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:  # noqa: BLE001 - SIGTERM/Ctrl-C can invalidate the context mid-wait
-        if rclpy.ok():
-            raise
+        with stops_quietly_on_shutdown():
+            while rclpy.ok() and not node.done:
+                rclpy.spin_once(node, timeout_sec=0.1)
     finally:
         if rclpy.ok():
             node.get_logger().info(f"published {node.published} frames")

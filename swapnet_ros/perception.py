@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 
+from swapnet_ros.lifecycle_util import stops_quietly_on_shutdown
 from swapnet_ros.coordinator import SwapCoordinator
 from swapnet_ros.model_node import SwapModelNode
 
@@ -24,19 +25,15 @@ def main(args=None) -> int:
     for node in [coordinator, *nodes]:
         executor.add_node(node)
     try:
-        if coordinator.get_parameter("autostart").value:  # like nav2's lifecycle manager
-            from rclpy.lifecycle import TransitionCallbackReturn
+        with stops_quietly_on_shutdown():
+            if coordinator.get_parameter("autostart").value:  # like nav2's lifecycle manager
+                from rclpy.lifecycle import TransitionCallbackReturn
 
-            if coordinator.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                coordinator.get_logger().error("autostart: configure failed; staying unconfigured")
-            elif coordinator.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                coordinator.get_logger().error("autostart: activate failed")
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:  # noqa: BLE001 - SIGTERM/Ctrl-C can invalidate the context mid-wait
-        if rclpy.ok():
-            raise
+                if coordinator.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                    coordinator.get_logger().error("autostart: configure failed; staying unconfigured")
+                elif coordinator.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                    coordinator.get_logger().error("autostart: activate failed")
+            executor.spin()
     finally:
         coordinator.serving = False
         coordinator._release()

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from swapnet_ros.lifecycle_util import stops_quietly_on_shutdown
 from swapnet_ros.image_codec import colorize, colormap_depth, image_to_array
 from swapnet_ros.msg import Detection2DArray
 
@@ -109,7 +109,8 @@ class Viewer(Node):
         import json
 
         (self.out / "latency.json").write_text(json.dumps(self.latency_ms))
-        self.get_logger().info(f"wrote {len(self.written)} annotated frames and {path}")
+        text = f"wrote {len(self.written)} annotated frames and {path}"
+        self.get_logger().info(text) if rclpy.ok() else print(f"viewer: {text}", file=sys.stderr)
         return path
 
 
@@ -123,14 +124,11 @@ def main(args=None) -> int:
     rclpy.init(args=args)
     node = Viewer()
     try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        node.write_contact_sheet()
-    except Exception:  # noqa: BLE001 - SIGTERM/Ctrl-C can invalidate the context mid-wait
-        if rclpy.ok():
-            raise
-        node.write_contact_sheet()
+        with stops_quietly_on_shutdown():
+            while rclpy.ok() and not node.done:
+                rclpy.spin_once(node, timeout_sec=0.1)
+        if not node.done:  # stopped before max_frames: still leave a contact sheet
+            node.write_contact_sheet()
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
