@@ -173,7 +173,9 @@ class SwapModel:
             self.stats.bytes_read += self._memory.fill(self._reader, always, arena.offset)
             for u in always:
                 self._binder.bind(u, self._memory.compute, arena.offset + u.offset - always[0].offset)
-        self._hooks = [self._hook_unit(u) for u in units if not u.pinned and self._block_of.get(u.index) not in self._fixed]
+        modules = dict(self.module.named_modules())
+        self._hooks = [self._hook_unit(u, modules[u.name]) for u in units
+                       if not u.pinned and self._block_of.get(u.index) not in self._fixed]
         self._note_resident()
 
     # -- public --------------------------------------------------------------------------------
@@ -233,9 +235,8 @@ class SwapModel:
             pass
 
     # -- swapping --------------------------------------------------------------------------------
-    def _hook_unit(self, unit: Unit):
+    def _hook_unit(self, unit: Unit, module: nn.Module):
         index = unit.index
-        module = dict(self.module.named_modules())[unit.name]
 
         def pre_hook(_module, _args):
             b = self._block_of[index]

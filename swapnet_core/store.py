@@ -385,7 +385,8 @@ def _write_store(folder: Path, units, result, *, progress: bool, desc: str, prog
         f.flush()
         os.fsync(f.fileno())
     # the recorded call order, in unit indices (pinned and tensor-less modules drop out)
-    unit_of_module = {result.modules.index(name): k for k, (name, pinned, *_r) in enumerate(units) if not pinned}
+    module_index = {path: i for i, path in enumerate(result.modules)}
+    unit_of_module = {module_index[name]: k for k, (name, pinned, *_r) in enumerate(units) if not pinned}
     calls = [unit_of_module[m] for m in result.calls if m in unit_of_module]
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "store_id": store_id,
             "weights_file": WEIGHTS_NAME, "file_bytes": data_start + data_len, "data_offset": data_start,

@@ -63,12 +63,13 @@ def make_image(header, array: np.ndarray, encoding: str):
     return msg
 
 
+_PALETTE = np.random.default_rng(7).integers(40, 256, size=(65536, 3), dtype=np.uint8)
+_PALETTE[0] = 0  # background stays black
+
+
 def colorize(class_ids: np.ndarray) -> np.ndarray:
-    """A stable colour per class id (HxW -> HxWx3 uint8)."""
-    rng = np.random.default_rng(7)
-    palette = rng.integers(40, 256, size=(65536, 3), dtype=np.uint8)
-    palette[0] = 0
-    return palette[class_ids.astype(np.int64)]
+    """A stable colour per class id (HxW -> HxWx3 uint8); the palette is made once, not per frame."""
+    return _PALETTE[class_ids.astype(np.int64)]
 
 
 def colormap_depth(depth: np.ndarray) -> np.ndarray:
