@@ -1,8 +1,9 @@
 """sensor_msgs/Image <-> tensors and arrays, without cv_bridge (which pip cannot install).
 
 Conversions check the message against its own header fields first: a malformed image raises
-ImageError with a short cause ('encoding', 'size', 'step', 'data'), which the nodes count and log
-once per cause.
+ImageError (a ValueError) with a short cause ('encoding', 'size', 'step', 'data') and the values that
+disagree; the nodes count it and log once per cause. Encodings are matched exactly, as sensor_msgs
+spells them ('RGB8' is refused); is_bigendian does not matter for these 8-bit encodings.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def image_to_array(msg) -> np.ndarray:
         rows = np.repeat(rows, 3, axis=2)
     else:
         rows = rows[..., :3]
-    return np.ascontiguousarray(rows)
+    out = np.ascontiguousarray(rows)
+    # rgb8 with unpadded rows is still a view of msg.data here: copy, so the caller owns the pixels
+    return out.copy() if np.may_share_memory(out, data) else out
 
 
 def array_to_tensor(rgb: np.ndarray) -> torch.Tensor:
