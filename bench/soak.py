@@ -497,6 +497,7 @@ def run_overload(d: Driver, args, bar) -> dict:
     d.marks["end"] = time.time()
     time.sleep(3.0)  # the last frames finish
     d.check_probe()
+    d.send_probe(wait=True)  # probes sent under overload may be dropped: one more, closed loop
     counters1 = d.latest_counters(time.time())
     with d.lock:
         published = len(d.publish_times) - published_before
