@@ -56,6 +56,9 @@ class JobRecord:
     deadline: float
     ok: bool
     preempted_by: str | None = None
+    budget: int = 0  # the model's budget when the job ran (one plan per job: retunes wait for a boundary)
+    peak_resident_bytes: int = 0  # the model's resident weight peak during the job
+    plan_epoch: int = 0  # which build of the models the job ran on
 
 
 class ModelMetrics:
@@ -66,6 +69,7 @@ class ModelMetrics:
         self.jobs_done = self.deadline_misses = self.drops = self.errors = 0
         self.bytes_swapped = 0
         self.last_error = ""
+        self.failing = False  # the latest job failed: the model needs attention until one succeeds
 
     def summary(self) -> dict:
         lat = sorted(self.latencies)
@@ -75,6 +79,7 @@ class ModelMetrics:
 
         return {"jobs_done": self.jobs_done, "deadline_misses": self.deadline_misses, "drops": self.drops,
                 "errors": self.errors, "bytes_swapped": self.bytes_swapped, "last_error": self.last_error,
+                "failing": self.failing,
                 "miss_rate": self.deadline_misses / self.jobs_done if self.jobs_done else 0.0,
                 "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99)}
 
@@ -89,6 +94,7 @@ class _Model:
     prefetch: int
     swap: SwapModel | None = None
     metrics: ModelMetrics | None = None
+    region: tuple[int, int] = (0, 0)  # (offset, bytes) of its part of the arena
 
 
 class Scheduler:
@@ -113,10 +119,12 @@ class Scheduler:
         self._seq = itertools.count()
         self._rr = 0
         self._running: list[_Job] = []  # the running job, and any job preempting it
-        self._retune: tuple[int, dict[str, int], Future] | None = None
+        self._retune: tuple[int, dict[str, int], list[Future]] | None = None
+        self._target: tuple[int, dict[str, int]] | None = None  # the budgets last accepted
         self._arena: ArenaMemory | None = None
         self._worker: threading.Thread | None = None
         self._stopping = False
+        self._epoch = 0  # counts builds: a job records the one it ran on
         self._window = history
         self.records: deque[JobRecord] = deque(maxlen=history)
         self.occupancy: deque[tuple[float, int]] = deque(maxlen=history)  # (time, resident weight bytes)
@@ -139,7 +147,7 @@ class Scheduler:
     def start(self) -> None:
         if not self._models:
             raise RuntimeError("no models registered")
-        self._build(self.total_budget, {n: m.budget for n, m in self._models.items()})
+        self._build(self.total_budget, {n: m.budget for n, m in self._models.items()}, strict=True)
         self._worker = threading.Thread(target=self._run, name="swapnet-scheduler", daemon=True)
         self._worker.start()
 
@@ -165,34 +173,42 @@ class Scheduler:
         return job.future
 
     def set_budgets(self, total: int | str | None = None, budgets: dict[str, int | str] | None = None) -> Future:
-        """Retune the total and/or per-model budgets. Refused at once (BudgetError, with the reason) if a
-        model would get less than its minimum or the shares exceed the total; else applied at the next
-        job boundary, when the returned future completes."""
-        total_b = self.total_budget if total is None else parse_size(total)
-        new = {n: m.budget for n, m in self._models.items()}
-        for name, value in (budgets or {}).items():
-            if name not in self._models:
-                raise KeyError(f"unknown model {name!r}")
-            new[name] = parse_size(value, of=self._models[name].store.total_bytes)
-        self._validate(total_b, new)
-        done: Future = Future()
-        with self._cond:
-            if self._retune is not None:
-                self._retune[2].cancel()  # superseded
-            self._retune = (total_b, new, done)
+        """Retune the total and/or per-model budgets. Refused at once (BudgetError or ValueError, with the
+        reason; nothing changes) if a model would get less than its minimum or the shares exceed the
+        total; else applied at the next job boundary, when the returned future completes. Calls made
+        before that boundary add up (each is checked against the ones accepted before it) and are
+        applied together, so an accepted value is never lost."""
+        with self._cond:  # two parameter services may call at once: check and queue as one step
+            # start from the last accepted values (the worker may be applying them right now)
+            base_total, new = self._target if self._target is not None else (
+                self.total_budget, {n: m.budget for n, m in self._models.items()})
+            new = dict(new)
+            waiting = self._retune[2] if self._retune is not None else []
+            total_b = base_total if total is None else parse_size(total)
+            for name, value in (budgets or {}).items():
+                if name not in self._models:
+                    raise KeyError(f"unknown model {name!r}")
+                new[name] = parse_size(value, of=self._models[name].store.total_bytes)
+            self._validate(total_b, new)
+            done: Future = Future()
+            self._target = (total_b, new)
+            self._retune = (total_b, new, [*waiting, done])
             self._cond.notify()
         return done
 
     def metrics(self) -> dict:
+        def one(m: _Model) -> dict:
+            swap = m.swap  # read once: the worker may be rebuilding it right now
+            return m.metrics.summary() | {
+                "budget_bytes": m.budget,
+                "bytes_swapped": m.metrics.bytes_swapped + (swap.stats.bytes_read if swap else 0),
+                "arena_bytes": swap.plan.arena_bytes if swap else 0,
+                "peak_resident_bytes": swap.stats.peak_resident_weight_bytes if swap else 0,
+                "blocks": len(swap.plan.blocks) if swap else 0}
+
         with self._cond:
             return {"policy": self.policy, "preemption": self.preemption, "total_budget_bytes": self.total_budget,
-                    "models": {n: m.metrics.summary() | {"budget_bytes": m.budget, "bytes_swapped": (
-                                                             m.metrics.bytes_swapped + (m.swap.stats.bytes_read if m.swap else 0)),
-                                                         "arena_bytes": m.swap.plan.arena_bytes if m.swap else 0,
-                                                         "peak_resident_bytes": (m.swap.stats.peak_resident_weight_bytes
-                                                                                 if m.swap else 0),
-                                                         "blocks": len(m.swap.plan.blocks) if m.swap else 0}
-                               for n, m in self._models.items()}}
+                    "arena_bytes": self.arena_bytes, "models": {n: one(m) for n, m in self._models.items()}}
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Cancel the pending jobs (counted as drops) and wait until no job runs. Returns True if idle."""
@@ -217,7 +233,8 @@ class Scheduler:
                 job.future.cancel()
             self._pending.clear()
             if self._retune is not None:
-                self._retune[2].cancel()
+                for f in self._retune[2]:
+                    f.cancel()
                 self._retune = None
             self._cond.notify_all()
         if self._worker is not None and wait:
@@ -242,28 +259,53 @@ class Scheduler:
             raise BudgetError(f"the models' budgets add up to {format_bytes(need)}, over the total "
                               f"{format_bytes(total)}")
 
-    def _build(self, total: int, budgets: dict[str, int]) -> None:
-        """(Re)allocate the arena and plan every model into its own part of it (all models idle)."""
+    def _build(self, total: int, budgets: dict[str, int], strict: bool = False) -> None:
+        """(Re)allocate the arena and plan every model into its own part of it (all models idle).
+        The arena holds the models' shares, not the whole total: a generous total costs no memory.
+        A model that cannot be built (its store went bad) is counted as failing and retried at its
+        next job, unless strict (start-up), where the error is raised."""
         self._teardown_models()
-        if self._arena is None or self._arena.nbytes != total:
+        need = sum(align_up(budgets[n], UNIT_ALIGN) for n in self._models)
+        if self._arena is None or self._arena.nbytes != need:
             if self._arena is not None:
                 self._arena.close()
-            self._arena = ArenaMemory(align_up(total, UNIT_ALIGN), self.device,
-                                      staging_bytes=max(budgets.values(), default=0))
+                self._arena = None
+            self._arena = ArenaMemory(need, self.device, staging_bytes=max(budgets.values(), default=0))
+        self._epoch += 1
         offset = 0
         for name, m in self._models.items():
             m.budget = budgets[name]
-            profile = None
-            if m.plan_kind == "optimal":
-                profile = load_profile(m.store, m.example, self.device, self.io, budget_bytes=m.budget)
-            plan = make_plan(m.store, m.budget, m.plan_kind, profile, m.prefetch)
-            size = align_up(m.budget, UNIT_ALIGN)
-            m.swap = SwapModel(m.store, m.budget, device=self.device, io=self.io, plan=plan,
-                               arena=ArenaRegion(self._arena, offset, size))
-            m.swap.read_log = _ReadLog(self.reads, name)
-            m.swap.on_block_boundary = self._boundary_hook(m)
-            offset += size
+            m.region = (offset, align_up(m.budget, UNIT_ALIGN))
+            offset += m.region[1]
+            try:
+                self._build_model(m)
+            except Exception as e:  # noqa: BLE001 - one bad store must not stop the others
+                if strict:
+                    raise
+                self._note_error(m, e)
         self.total_budget = total
+
+    def _build_model(self, m: _Model) -> None:
+        profile = None
+        if m.plan_kind == "optimal":
+            profile = load_profile(m.store, m.example, self.device, self.io, budget_bytes=m.budget)
+        plan = make_plan(m.store, m.budget, m.plan_kind, profile, m.prefetch)
+        offset, size = m.region
+        m.swap = SwapModel(m.store, m.budget, device=self.device, io=self.io, plan=plan,
+                           arena=ArenaRegion(self._arena, offset, size))
+        m.swap.read_log = _ReadLog(self.reads, m.name)
+        m.swap.on_block_boundary = self._boundary_hook(m)
+
+    @staticmethod
+    def _note_error(m: _Model, e: BaseException) -> None:
+        m.metrics.errors += 1
+        m.metrics.last_error = f"{type(e).__name__}: {e}"
+        m.metrics.failing = True
+
+    @property
+    def arena_bytes(self) -> int:
+        """Bytes the arena holds now (the models' shares)."""
+        return self._arena.nbytes if self._arena is not None else 0
 
     def _teardown_models(self) -> None:
         for m in self._models.values():
@@ -294,18 +336,23 @@ class Scheduler:
         return None
 
     def _run(self) -> None:
+        retuned = False
         while True:
             with self._cond:
                 while not self._stopping and not self._pending and self._retune is None:
                     self._cond.wait()
                 if self._stopping:
                     return
-                retune, self._retune = self._retune, None
+                # a retune waits for no job, but after one a pending job runs before the next:
+                # budgets toggled faster than a re-plan takes must not starve the streams
+                retune = None if retuned and self._pending else self._retune
+                if retune is not None:
+                    self._retune = None
                 job = None if retune else self._take(self._pick())
+            retuned = retune is not None
             if retune is not None:
                 self._apply(retune)
-                continue
-            if job is not None:
+            elif job is not None:
                 self._execute(job)
 
     def _take(self, job: _Job | None) -> _Job | None:
@@ -316,13 +363,23 @@ class Scheduler:
         return job
 
     def _apply(self, retune) -> None:
-        total, budgets, done = retune
+        total, budgets, waiting = retune
+        previous = (self.total_budget, {n: m.budget for n, m in self._models.items()})
+        error = None
         try:
-            self._build(total, budgets)
-            done.set_result(True) if not done.cancelled() else None
-        except BaseException as e:  # noqa: BLE001 - the caller's future carries it
-            if not done.cancelled():
-                done.set_exception(e)
+            self._build(total, budgets)  # a model that cannot be built is retried at its next job
+        except Exception as e:  # noqa: BLE001 - the arena could not be allocated: keep the old one
+            error = e
+            try:
+                self._build(*previous)
+            except Exception:  # noqa: BLE001 - every job will now report why
+                pass
+            with self._cond:
+                if self._retune is None:  # nothing newer accepted: the applied budgets are the target
+                    self._target = None
+        for done in waiting:
+            if done.set_running_or_notify_cancel():
+                done.set_exception(error) if error else done.set_result(True)
 
     def _execute(self, job: _Job, preempting: str | None = None) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -331,20 +388,29 @@ class Scheduler:
         started = time.monotonic()
         self.occupancy.append((started, self.resident_bytes()))
         self._running.append(job)
-        ok = False
+        ok, peak_before, job_peak = False, None, 0
         try:
+            if m.swap is None:  # its build failed (a bad store): try again, the store may be back
+                self._build_model(m)
+            stats = m.swap.stats
+            # the job's own peak: start from what is resident now (a prefetched first block counts)
+            peak_before, stats.peak_resident_weight_bytes = stats.peak_resident_weight_bytes, m.swap._resident_bytes()
             out = call_model(m.swap, m.store.call, job.x)
             ok = True
         except BaseException as e:  # noqa: BLE001 - a failing job must not take the scheduler down
-            m.metrics.errors += 1
-            m.metrics.last_error = f"{type(e).__name__}: {e}"
+            self._note_error(m, e)
             job.future.set_exception(e)
         finally:
             self._running.pop()
+            if peak_before is not None and m.swap is not None:
+                job_peak = m.swap.stats.peak_resident_weight_bytes
+                m.swap.stats.peak_resident_weight_bytes = max(peak_before, job_peak)
             finished = time.monotonic()
             self.occupancy.append((finished, self.resident_bytes()))
-            self.records.append(JobRecord(job.model, job.submitted, started, finished, job.deadline, ok, preempting))
+            self.records.append(JobRecord(job.model, job.submitted, started, finished, job.deadline, ok, preempting,
+                                          m.budget, job_peak, self._epoch))
         if ok:
+            m.metrics.failing = False
             m.metrics.jobs_done += 1
             m.metrics.latencies.append(finished - job.submitted)
             if finished > job.deadline:
@@ -360,8 +426,12 @@ class Scheduler:
             if block == last and self.policy != "rr":  # the job's last block: read the next job's first
                 with self._cond:
                     nxt = self._pick(exclude=busy)
-                if nxt is not None:
-                    self._models[nxt.model].swap.prefetch()
+                swap = self._models[nxt.model].swap if nxt is not None else None
+                if swap is not None:
+                    try:
+                        swap.prefetch()
+                    except Exception:  # noqa: BLE001 - that model's own job will meet (and count) it
+                        pass
             if self.preemption and len(self._running) == 1:
                 running = self._running[0]
                 with self._cond:
