@@ -22,6 +22,7 @@ from swapnet_core.errors import BudgetError
 from swapnet_core.scheduler import POLICIES, Scheduler
 from swapnet_core.sizes import format_bytes
 from swapnet_ros.msg import CoordinatorStatus, ModelStatus
+from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes
 
 MB = 1 << 20
 
@@ -60,7 +61,9 @@ class SwapCoordinator(LifecycleNode):
         self.declare_parameter("models", ["detection", "segmentation", "depth"], ParameterDescriptor(
             description="names of the model nodes this process hosts", read_only=True))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        accept_integers_as_doubles(self, ["total_budget_mb"])
         self.clients_by_name: dict = {}
+        self._seen: dict[str, tuple] = {}  # per model: (drops, misses, malformed) at the last status
         self.scheduler: Scheduler | None = None
         self.serving = False
         self._status_pub = self.create_publisher(CoordinatorStatus, "~/status", 10)
@@ -79,21 +82,26 @@ class SwapCoordinator(LifecycleNode):
 
     def request_budget(self, name: str, budget_bytes: int) -> str | None:
         """Apply a model's new budget at the next job boundary; the reason if refused."""
-        if self.scheduler is None:
+        sched = self.scheduler
+        if sched is None:
             return None  # used at the next configure
         try:
-            self.scheduler.set_budgets(budgets={name: budget_bytes})
-        except (BudgetError, KeyError) as e:
+            sched.set_budgets(budgets={name: budget_bytes})
+        except (BudgetError, ValueError, KeyError) as e:
             return str(e)
         return None
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         for p in params:
-            if p.name == "total_budget_mb" and self.scheduler is not None:
+            if p.name == "total_budget_mb":
                 try:
-                    self.scheduler.set_budgets(total=int(p.value * MB))
-                except BudgetError as e:
+                    total = mib_to_bytes(p.name, p.value)
+                    sched = self.scheduler
+                    if sched is not None:  # else checked at the next configure
+                        sched.set_budgets(total=total)
+                except (BudgetError, ValueError) as e:
                     return SetParametersResult(successful=False, reason=str(e))
+                self.get_logger().info(f"total budget {format_bytes(total)}: applied at the next job boundary")
         return SetParametersResult(successful=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -176,19 +184,27 @@ class SwapCoordinator(LifecycleNode):
 
     # -- status ----------------------------------------------------------------------------------
     def publish_status(self) -> None:
+        """~/status, and /diagnostics with one entry per model: ERROR while its jobs fail (a bad store;
+        the message says why), WARN when frames were dropped, deadlines missed or inputs malformed since
+        the last status, else OK."""
         msg = CoordinatorStatus()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.state = self._state_label()
-        msg.total_budget_bytes = int(self.get_parameter("total_budget_mb").value * MB)
         sched = self.scheduler
-        metrics = sched.metrics()["models"] if sched is not None else {}
-        msg.arena_bytes = sched.total_budget if sched is not None else 0
+        metrics = sched.metrics() if sched is not None else {"models": {}}
+        msg.total_budget_bytes = int(metrics.get("total_budget_bytes") or self.get_parameter("total_budget_mb").value * MB)
+        msg.arena_bytes = int(metrics.get("arena_bytes", 0))
         diag = DiagnosticArray()
         diag.header.stamp = msg.header.stamp
         for name, node in self.clients_by_name.items():
-            m = metrics.get(name, {})
+            m = metrics["models"].get(name, {})
             st = ModelStatus(name=name)
-            st.state = ("serving" if self.serving else "ready") if m else "unconfigured"
+            if not m:
+                st.state = "unconfigured"
+            elif m.get("failing"):
+                st.state = "error"
+            else:
+                st.state = "serving" if self.serving else "ready"
             st.budget_bytes = int(m.get("budget_bytes", node.budget_bytes()))
             st.min_budget_bytes = int(sched.minimum_budget(name)) if sched is not None else 0
             st.peak_resident_bytes = int(m.get("peak_resident_bytes", 0))
@@ -200,17 +216,30 @@ class SwapCoordinator(LifecycleNode):
             st.malformed_inputs = node.malformed_count()
             st.last_error = m.get("last_error", "") or node.last_input_error
             msg.models.append(st)
-            level = DiagnosticStatus.OK
-            if st.errors or st.malformed_inputs:
-                level = DiagnosticStatus.WARN
-            diag.status.append(DiagnosticStatus(
-                level=level, name=f"swapnet/{name}", hardware_id=self.get_name(),
-                message=f"{st.state}: p99 {st.latency_p99_ms:.0f} ms, {st.deadline_misses} misses, {st.drops} drops",
-                values=[KeyValue(key=k, value=str(getattr(st, k))) for k in (
-                    "budget_bytes", "min_budget_bytes", "peak_resident_bytes", "num_blocks", "jobs_done",
-                    "deadline_misses", "drops", "malformed_inputs", "errors", "last_error")]))
+            diag.status.append(self._diagnostic(st))
         self._status_pub.publish(msg)
         self._diag_pub.publish(diag)
+
+    def _diagnostic(self, st: ModelStatus) -> DiagnosticStatus:
+        counts = (st.drops, st.deadline_misses, st.malformed_inputs)
+        before = self._seen.get(st.name, (0, 0, 0))
+        self._seen[st.name] = counts
+        new_drops, new_misses, new_malformed = (max(0, a - b) for a, b in zip(counts, before))
+        summary = (f"{st.state}: p99 {st.latency_p99_ms:.0f} ms, {st.jobs_done} jobs, {st.deadline_misses} misses, "
+                   f"{st.drops} drops, {st.errors} errors")
+        if st.state == "error":
+            level, message = DiagnosticStatus.ERROR, f"failing: {st.last_error}"
+        elif new_drops or new_misses or new_malformed:
+            level = DiagnosticStatus.WARN
+            message = (f"{summary} (since the last status: {new_drops} dropped, {new_misses} missed, "
+                       f"{new_malformed} malformed)")
+        else:
+            level, message = DiagnosticStatus.OK, summary
+        return DiagnosticStatus(
+            level=level, name=f"swapnet/{st.name}", hardware_id=self.get_name(), message=message,
+            values=[KeyValue(key=k, value=str(getattr(st, k))) for k in (
+                "state", "budget_bytes", "min_budget_bytes", "peak_resident_bytes", "num_blocks", "jobs_done",
+                "deadline_misses", "drops", "malformed_inputs", "errors", "last_error")])
 
     def _state_label(self) -> str:
         try:

@@ -22,6 +22,7 @@ from sensor_msgs.msg import Image
 from swapnet_core.sizes import format_bytes
 from swapnet_ros.image_codec import ImageError, array_to_tensor, colorize, image_to_array, make_image
 from swapnet_ros.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes
 
 TASKS = ("detection", "segmentation", "depth")
 MB = 1 << 20
@@ -62,6 +63,7 @@ class SwapModelNode(Node):
         self.declare_parameter("publish_color", True, ParameterDescriptor(
             description="segmentation: also publish ~/mask_color (rgb8)"))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        accept_integers_as_doubles(self, ["budget_mb", "deadline_ms", "score_threshold"])
         self.coordinator = coordinator
         self.malformed: dict[str, int] = {}
         self.last_input_error = ""
@@ -99,7 +101,10 @@ class SwapModelNode(Node):
     def _on_set_parameters(self, params) -> SetParametersResult:
         for p in params:
             if p.name == "budget_mb":
-                reason = self.coordinator.request_budget(self.get_name(), int(p.value * MB))
+                try:
+                    reason = self.coordinator.request_budget(self.get_name(), mib_to_bytes(p.name, p.value))
+                except ValueError as e:
+                    reason = str(e)
                 if reason:
                     return SetParametersResult(successful=False, reason=reason)
                 self.get_logger().info(f"budget {format_bytes(p.value * MB)}: will be re-planned at the next job boundary")
@@ -146,13 +151,20 @@ class SwapModelNode(Node):
         return x
 
     def _publish(self, future, header, size, net_size) -> None:
+        """Runs on the scheduler's thread when the job ends; never raises into it."""
         if future.cancelled():
             return
-        error = future.exception()
-        if error is not None:
-            self.get_logger().error(f"inference failed: {error}", throttle_duration_sec=5.0)
-            return
-        out = future.result()
+        try:
+            error = future.exception()
+            if error is not None:  # counted by the scheduler, shown in the status and /diagnostics
+                self.get_logger().error(f"inference failed: {error}", throttle_duration_sec=5.0)
+                return
+            self._publish_result(future.result(), header, size, net_size)
+        except Exception as e:  # noqa: BLE001 - after Ctrl-C/SIGTERM the context is gone: nowhere to publish
+            if self.context.ok():
+                self.get_logger().error(f"publishing a result failed: {e}", throttle_duration_sec=5.0)
+
+    def _publish_result(self, out, header, size, net_size) -> None:
         h, w = size
         if self.task == "detection":
             self._pub.publish(self._detections(out[0], header, h / net_size[0], w / net_size[1]))

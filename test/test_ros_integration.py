@@ -1,12 +1,8 @@
 """The ROS 2 package over real DDS, in separate processes: perception (coordinator + three model nodes)
 fed by this test, lifecycle driven through services, parameters set through SetParameters."""
 
-import os
-import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,51 +11,19 @@ import psutil
 import pytest
 import yaml
 
-import swapnet_ros
+from conftest import call, spin_for, start_perception, stop_process, wait_for
 
 TEST_DIR = Path(__file__).resolve().parent
-PREFIX = Path(swapnet_ros.__file__).resolve().parents[4]  # the install prefix colcon made
 MB = 1 << 20
 
 
-def executable(name: str) -> str:
-    path = PREFIX / "lib" / "swapnet_ros" / name
-    assert path.is_file(), f"{path} is not installed (colcon build)"
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def ros_env(tmp_path_factory):
-    """An isolated DDS domain on localhost, shared by this process and the ones it starts."""
-    os.environ["ROS_DOMAIN_ID"] = str(random.randint(40, 99))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    profile = PREFIX / "share" / "swapnet_ros" / "config" / "fastdds.xml"
-    if profile.is_file():
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
-    import rclpy
-
-    rclpy.init()
-    yield tmp_path_factory.mktemp("ros")
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def perception(ros_env):
+def perception(ros_env, ros_store_dir):
     params = yaml.safe_load((TEST_DIR / "config" / "perception_test.yaml").read_text())
-    params["swap_coordinator"]["ros__parameters"]["store_dir"] = str(ros_env / "stores")
-    params_file = ros_env / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    log = open(ros_env / "perception.log", "w")
-    proc = subprocess.Popen([sys.executable, executable("perception"), "--ros-args", "--params-file", str(params_file)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    params["swap_coordinator"]["ros__parameters"]["store_dir"] = str(ros_store_dir)
+    proc = start_perception(params, ros_env)
     yield proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -94,33 +58,6 @@ def client(perception):
     wait_for(c, lambda: c.pub.get_subscription_count() >= 3, 30, "the model nodes to subscribe")
     yield c
     node.destroy_node()
-
-
-def spin_for(node, seconds):
-    import rclpy
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=min(0.05, max(0.0, end - time.monotonic())))
-
-
-def wait_for(c, condition, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        c.spin(0.1)
-        assert c.proc.poll() is None, f"perception exited ({c.proc.returncode}) while waiting for {what}"
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def call(c, client, request, timeout=60):
-    import rclpy
-
-    future = client.call_async(request)
-    rclpy.spin_until_future_complete(c.node, future, timeout_sec=timeout)
-    assert future.done(), f"no answer from {client.srv_name}"
-    return future.result()
 
 
 def state(c) -> str:
