@@ -54,7 +54,8 @@ def client(perception):
     c.get_params = node.create_client(GetParameters, "/depth/get_parameters")
     c.spin = lambda secs: spin_for(node, secs)
     assert c.get_state.wait_for_service(timeout_sec=60), "perception did not come up"
-    wait_for(c, lambda: state(c) == "active", 240, "the coordinator to activate (autostart)")
+    # the status topic, not get_state: services answer only once configure (conversion) is over
+    wait_for(c, lambda: c.status and c.status[-1].state == "active", 240, "the coordinator to activate (autostart)")
     wait_for(c, lambda: c.pub.get_subscription_count() >= 3, 30, "the model nodes to subscribe")
     yield c
     node.destroy_node()
