@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle  # only for its exception type: nothing here unpickles
 import statistics
 import sys
 import time
 
-from .errors import SwapNetError
+from .errors import SwapNetError, WeightsError
 from .sizes import format_bytes
 
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"convert": _convert, "run": _run, "plan": _plan, "info": _info}[args.command](args)
     except (SwapNetError, ValueError, OSError) as e:
-        print(f"swapnet: error: {e}", file=sys.stderr)
+        lines = str(e).strip().splitlines() or [type(e).__name__]  # a library's message may run on
+        print(f"swapnet: error: {lines[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -127,8 +129,15 @@ def _convert(args) -> int:
     from .store import convert
 
     t0 = time.perf_counter()
-    store = convert(args.model, args.out, weights=args.weights, input_spec=args.input,
-                    force=args.force, progress=not args.quiet)
+    try:
+        store = convert(args.model, args.out, weights=args.weights, input_spec=args.input,
+                        force=args.force, progress=not args.quiet)
+    except WeightsError as e:
+        if isinstance(e.__context__, pickle.UnpicklingError):  # torch's text suggests weights_only=False
+            raise WeightsError(f"{args.weights} holds pickled objects other than tensors; swapnet reads only "
+                               f"safetensors or plain state dicts (torch.load weights_only=True) and did not "
+                               f"unpickle it") from None
+        raise
     pinned = sum(u.pinned for u in store.units)
     print(f"{store.path}: {len(store.units)} units ({pinned} pinned), {format_bytes(store.total_bytes)}, "
           f"converted in {time.perf_counter() - t0:.1f} s" + ("; random weights" if store.random_weights else ""))

@@ -1,7 +1,5 @@
 """Exception types of swapnet_core: each names what is wrong and where."""
 
-from .sizes import format_bytes
-
 
 class SwapNetError(Exception):
     """Base class of every error swapnet_core raises on purpose."""
@@ -29,6 +27,8 @@ class BudgetTooSmallError(BudgetError):
     def __init__(self, budget_bytes: int, minimum_bytes: int, detail: str = ""):
         self.budget_bytes = int(budget_bytes)
         self.minimum_bytes = int(minimum_bytes)
+        from .sizes import format_bytes  # here: sizes raises BudgetError, so it imports this module
+
         msg = (f"budget {format_bytes(budget_bytes)} is below the minimum feasible "
                f"{format_bytes(minimum_bytes)} ({minimum_bytes} bytes)")
         super().__init__(msg + (f": {detail}" if detail else ""))
@@ -51,7 +51,11 @@ class StoreFormatError(StoreError):
 
 
 class StoreTruncatedError(StoreError):
-    """The weights file is shorter than the manifest says."""
+    """The weights file is shorter than the manifest says (`.unit`: the first unit it cuts, when known)."""
+
+    def __init__(self, message: str, *, path: str | None = None, unit: str | None = None):
+        self.path, self.unit = path, unit
+        super().__init__(message)
 
 
 class StoreCorruptError(StoreError):
@@ -63,5 +67,6 @@ class StoreCorruptError(StoreError):
 
 
 class StoreMismatchError(StoreError):
-    """The store's manifest and weights file, or the store and the model, do not belong together."""
+    """The store's manifest and weights file, or the store and the model, do not belong together; also
+    a store re-converted with another layout under a running SwapModel (which must be rebuilt)."""
 

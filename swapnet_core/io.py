@@ -7,6 +7,7 @@ system refuses O_DIRECT (tmpfs), buffered reads followed by posix_fadvise(DONTNE
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -78,6 +79,8 @@ class BlockReader:
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDONLY)
         self._signature = self._stat()
+        st = os.fstat(self._fd)
+        self.identity = (st.st_dev, st.st_ino)  # the file read, even after its path names another one
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -107,37 +110,63 @@ class BlockReader:
         done = 0
         while done < n:
             chunk = min(n - done, _MAX_READ)
-            got = os.preadv(self._fd, [dest[done:done + chunk]], start + done)
+            try:
+                got = os.preadv(self._fd, [dest[done:done + chunk]], start + done)
+            except OSError:  # O_DIRECT after a short read lands off alignment (EINVAL): say why
+                self._check_size(units)
+                raise
+            if got < chunk:
+                self._check_size(units)
             if got <= 0:
-                raise StoreTruncatedError(f"{self.path}: read {start + done}..{end} came back short "
-                                          f"(the file was truncated or replaced)")
+                self._check_size(units)
+                raise StoreTruncatedError(f"{self.path}: unit '{units[0].name}' and on: read {start + done}..{end} "
+                                          f"came back short", path=self.path, unit=units[0].name)
             done += got
         if self.effective_mode == "buffered":
             os.posix_fadvise(self._fd, start, n, os.POSIX_FADV_DONTNEED)
         self.check(self._to_check(units), dest, start)
         return n
 
+    def _check_size(self, units: list[Unit]) -> None:
+        """Raise StoreTruncatedError naming the first unit the file no longer holds whole."""
+        size = os.fstat(self._fd).st_size
+        cut = next((u for u in units if u.end > size), None)
+        if cut is not None:
+            raise StoreTruncatedError(f"{self.path} is truncated: unit '{cut.name}' ends at byte {cut.end}, the "
+                                      f"file has {size} bytes (it was cut or is being rewritten in place)",
+                                      path=self.path, unit=cut.name)
+
     def map(self, units: list[Unit]) -> mmap.mmap:
-        """Map consecutive units and fault them in now, on the I/O thread (not during compute)."""
+        """Map consecutive units and fault them in now, on the I/O thread (not during compute).
+
+        Touching a mapped page past the end of the file kills the process with SIGBUS, so the file's
+        size is checked (fstat) before the mapping is touched, and again once its pages are in: a
+        truncated file raises StoreTruncatedError instead. What remains is a race no check can close:
+        a truncation landing after the second check, while the model computes on this block, still
+        raises SIGBUS (the kernel drops the mapped pages). Direct io has no such window."""
         start, end = units[0].offset, units[-1].end
-        if self._stat()[0] < end:
-            raise StoreTruncatedError(f"{self.path}: cannot map {start}..{end} (the file was truncated)")
+        self._check_size(units)
         try:
             m = mmap.mmap(self._fd, end - start, flags=mmap.MAP_PRIVATE, offset=start)
         except ValueError:
-            raise StoreTruncatedError(f"{self.path}: cannot map {start}..{end} (file truncated?)") from None
-        todo = self._to_check(units)
+            self._check_size(units)
+            raise StoreTruncatedError(f"{self.path}: cannot map {start}..{end} (file truncated?)",
+                                      path=self.path, unit=units[0].name) from None
         view = memoryview(m)
         try:
-            if todo:
-                m.madvise(mmap.MADV_WILLNEED)
-                self.check(todo, view, start)  # reads those pages
-            if len(todo) < len(units):
-                try:
-                    m.madvise(_MADV_POPULATE_READ)
-                except OSError:  # an older kernel: touch the pages by checksumming them
-                    self.check(units, view, start)
-        except Exception:
+            try:  # faults the pages in; past the end of the file it fails (EFAULT) instead of SIGBUS
+                m.madvise(_MADV_POPULATE_READ)
+                populated = True
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    self._check_size(units)
+                    raise StoreTruncatedError(f"{self.path}: cannot read mapped units '{units[0].name}'.."
+                                              f"'{units[-1].name}': {e}", path=self.path, unit=units[0].name) from None
+                populated = False  # an older kernel: the checksum below touches the pages
+            self._check_size(units)
+            todo = self._to_check(units)
+            self.check(units if not populated else todo, view, start)
+        except BaseException:
             view.release()
             m.close()
             raise

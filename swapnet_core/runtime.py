@@ -8,6 +8,9 @@ thread into the other end of the arena. Leaving a block points its tensors back 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import threading
 import time
 from collections import deque
@@ -23,10 +26,12 @@ from .models import make_input
 from .plan import Plan, make_plan
 from .profile import load_profile
 from .sizes import parse_size
-from .errors import StoreMismatchError, WeightNotResidentError
+from .errors import (StoreError, StoreMismatchError, StoreNotFoundError, SwapNetError,
+                     WeightNotResidentError)
 from .store import BlockStore, Unit
 from .trace import reads_metadata_only, torch_function_name
 
+log = logging.getLogger("swapnet_core.runtime")
 _PLACEHOLDER_READS = {"device", "is_cuda", "is_cpu", "is_meta", "__repr__", "__format__"}
 
 
@@ -130,6 +135,8 @@ class SwapModel:
         if io == "mmap" and self.device.type != "cpu":
             raise ValueError("io='mmap' computes on mapped file pages, which only the CPU can; use io='direct'")
         self.budget_bytes = parse_size(budget_bytes, of=self.store.total_bytes)
+        if not (type(activation_reserve) is int and activation_reserve == 0):
+            activation_reserve = parse_size(activation_reserve, of=self.store.total_bytes)
         if not isinstance(plan, Plan):
             profile = None
             if plan == "optimal":
@@ -167,9 +174,11 @@ class SwapModel:
         # pinned tensors and resident blocks: the file's leading units, one read into the arena's start
         always = [u for u in units if u.pinned] + [self.store.units[i] for b in fixed for i in b.units]
         always.sort(key=lambda u: u.offset)
+        self._always = [u.index for u in always]
+        self._always_stale = False  # a failed re-read left the arena's fixed part unusable
         if always:
             if always[-1].end - always[0].offset != self._swap_base - arena.offset:
-                raise RuntimeError("pinned tensors and resident blocks must lead the store file")
+                raise StoreMismatchError("pinned tensors and resident blocks must lead the store file")
             self.stats.bytes_read += self._memory.fill(self._reader, always, arena.offset)
             for u in always:
                 self._binder.bind(u, self._memory.compute, arena.offset + u.offset - always[0].offset)
@@ -186,6 +195,7 @@ class SwapModel:
             start, stalled = time.perf_counter(), self.stats.stall_seconds
             ok = False
             try:
+                self._follow_store()
                 self._begin()
                 out = self.module(*args, **kwargs)
                 ok = True
@@ -199,8 +209,13 @@ class SwapModel:
         """Start reading the first swapped block now, so the next call finds it resident (a scheduler
         calls this for the next job while another model computes)."""
         with self._lock:
-            if not self._closed:
+            if self._closed:
+                return
+            try:
+                self._follow_store()
                 self._begin()
+            except (SwapNetError, OSError) as e:  # the call that follows meets it again, typed
+                log.debug("prefetch failed: %s", e)
 
     def reset_stats(self) -> None:
         self.stats = SwapStats(peak_resident_weight_bytes=self._resident_bytes())
@@ -234,6 +249,37 @@ class SwapModel:
         except Exception:
             pass
 
+    # -- the store under us ------------------------------------------------------------------------
+    def _follow_store(self) -> None:
+        """Notice a store re-converted under this model (convert(force=True) swaps the folder, so our
+        descriptor still reads the old, deleted file) and reopen it: with the same layout the model
+        goes on (every unit checked against the new checksums); with another layout it must be rebuilt.
+        Also re-reads the fixed part of the arena when an earlier re-read of it failed."""
+        path = self.store.weights_path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise StoreNotFoundError(f"{path} is gone: the store was removed or is being replaced") from None
+        if (st.st_dev, st.st_ino) != self._reader.identity:
+            new = BlockStore(self.store.path)
+            if _layout(new) != _layout(self.store):
+                raise StoreMismatchError(
+                    f"{self.store.path} was re-converted with another layout ({new.ref}, {len(new.units)} units) "
+                    f"than this model was planned for ({self.store.ref}, {len(self.store.units)} units): "
+                    f"the model must be reconfigured (close it and open a new SwapModel)")
+            reader = BlockReader(new.weights_path, self.io, self._reader.verify)
+            self._finish()  # nothing in flight reads through the old descriptor
+            self._reader.close()
+            old, self._reader, self.store = self.store, reader, new
+            log.info("%s was re-converted (store %s -> %s, same layout): reading the new file",
+                     self.store.path, old.store_id, new.store_id)
+            if any(old.units[i].checksum != new.units[i].checksum for i in self._always):
+                self._always_stale = True
+        if self._always_stale:
+            units = [self.store.units[i] for i in self._always]
+            self.stats.bytes_read += self._memory.fill(self._reader, units, self._arena.offset)
+            self._always_stale = False
+
     # -- swapping --------------------------------------------------------------------------------
     def _hook_unit(self, unit: Unit, module: nn.Module):
         index = unit.index
@@ -257,7 +303,12 @@ class SwapModel:
         blocks = self.plan.blocks
         if b not in self._resident:
             if self._pending is not None and self._pending[0] == b:
-                self._await_pending()
+                try:
+                    self._await_pending()
+                except (StoreError, OSError):
+                    # the prefetch failed (say the file was cut, then restored, since it was issued):
+                    # read once more now; a store still broken raises from here
+                    self._load_now(b)
             else:
                 cur = self._current
                 sequential = (blocks[b].in_sequence and self.plan.prefetch == 0
@@ -374,6 +425,12 @@ class SwapModel:
     def _note_resident(self, extra: int = 0) -> None:
         self.stats.peak_resident_weight_bytes = max(self.stats.peak_resident_weight_bytes,
                                                     self._resident_bytes() + extra)
+
+
+def _layout(store: BlockStore) -> tuple:
+    """What a plan and a binding depend on: everything in the manifest but checksums and ids."""
+    return (store.ref, store.call, tuple(store.calls),
+            tuple(dataclasses.replace(u, checksum=0) for u in store.units))
 
 
 def load_resident(store: BlockStore | str, device: str | torch.device = "cpu") -> nn.Module:

@@ -9,9 +9,13 @@ Layout of a store directory:
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -26,7 +30,7 @@ from torch import nn
 from . import __version__
 from .errors import StoreError, StoreFormatError, StoreMismatchError, StoreNotFoundError, StoreTruncatedError
 from .models import ModelSpec, call_model, load_weights, make_input, resolve
-from .sizes import align_up
+from .sizes import align_up, format_bytes
 from .trace import IN_PLACE, PINNED, trace
 
 FORMAT, FORMAT_VERSION = "swapnet-blockstore", 1
@@ -94,10 +98,12 @@ class BlockStore:
             self.file_bytes = _int(m, "file_bytes")
             self.store_id = str(m["store_id"])
             self.units = [_parse_unit(i, u) for i, u in enumerate(m["units"])]
-            self.calls = [int(c) for c in m["calls"]]
+            self.calls = [_int_value(c, "a call") for c in m["calls"]]
             self.ref = str(m["architecture"]["ref"])
             self.call = str(m["architecture"]["call"])
             self.task = str(m["architecture"]["task"])
+            if not isinstance(m.get("weights", {}), dict) or not isinstance(m.get("example_input", ""), str):
+                raise TypeError("'weights' must be an object and 'example_input' a string")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
             raise StoreFormatError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
         self._check_layout()
@@ -129,16 +135,20 @@ class BlockStore:
 
     # -- validation --------------------------------------------------------------------------
     def _check_layout(self) -> None:
+        """Everything the planner and runtime take for granted, so that a damaged or hand-edited manifest
+        is refused here with StoreFormatError instead of reading out of bounds or binding garbage later."""
         where = self.path / MANIFEST_NAME
-        end = 0
+        end = self.units[0].offset if self.units else self.file_bytes
+        bound: set[tuple[str, str]] = set()
         for u in self.units:
-            if u.offset % UNIT_ALIGN or u.nbytes % UNIT_ALIGN or u.nbytes < 0:
-                raise StoreFormatError(f"{where}: unit '{u.name}' is not aligned to {UNIT_ALIGN} bytes")
-            if u.offset < end:
-                raise StoreFormatError(f"{where}: unit '{u.name}' overlaps the unit before it")
+            if u.offset % UNIT_ALIGN or u.nbytes % UNIT_ALIGN or u.nbytes <= 0:
+                raise StoreFormatError(f"{where}: unit '{u.name}' is empty or not aligned to {UNIT_ALIGN} bytes")
+            if u.offset != end:  # consecutive units are one contiguous range: blocks are single reads
+                raise StoreFormatError(f"{where}: unit '{u.name}' overlaps the unit before it or leaves a gap")
             if u.end > self.file_bytes:
                 raise StoreFormatError(f"{where}: unit '{u.name}' ends past the end of the file")
             end = u.end
+            spans = []
             for t in u.tensors:
                 numel = 1
                 for d in t.shape:
@@ -148,11 +158,30 @@ class BlockStore:
                                            f"or its size does not match its shape")
                 if t.offset % t.dtype.itemsize:
                     raise StoreFormatError(f"{where}: tensor '{t.name}' is not aligned to its element size")
+                spans.append((t.offset, t.offset + t.nbytes, t.name))
+                for path, attr, _kind in t.bindings:
+                    if (path, attr) in bound:
+                        raise StoreFormatError(f"{where}: '{path}.{attr}' is bound to two stored tensors")
+                    bound.add((path, attr))
+            spans.sort()
+            for (_a0, a1, a), (b0, _b1, b) in zip(spans, spans[1:]):
+                if b0 < a1:
+                    raise StoreFormatError(f"{where}: tensors '{a}' and '{b}' overlap in unit '{u.name}'")
+        if end != self.file_bytes:
+            raise StoreFormatError(f"{where}: the units end at {end}, the file_bytes say {self.file_bytes}")
         pinned = [u.pinned for u in self.units]
         if pinned != sorted(pinned, reverse=True):
             raise StoreFormatError(f"{where}: pinned units must lead the store")
         if any(not 0 <= c < len(self.units) or self.units[c].pinned for c in self.calls):
             raise StoreFormatError(f"{where}: the call order names a unit that does not exist")
+        # units lie in first-call order, the never-called ones last: the runtime's prefetch relies on it
+        swapped = [u for u in self.units if not u.pinned]
+        traced = [u.traced for u in swapped]
+        if traced != sorted(traced, reverse=True) or set(self.calls) != {u.index for u in swapped if u.traced}:
+            raise StoreFormatError(f"{where}: the traced flags and the call order disagree")
+        first_calls = list(dict.fromkeys(self.calls))
+        if first_calls != sorted(first_calls):
+            raise StoreFormatError(f"{where}: the units are not stored in the order they are first called")
 
     def _check_weights_file(self) -> None:
         try:
@@ -178,11 +207,15 @@ class BlockStore:
             raise StoreMismatchError(f"{self.path / MANIFEST_NAME} does not belong to {self.weights_path} "
                                      f"(store ids differ: a manifest of another model or conversion)")
         data_start = 8 + header_len
+        if self.units and self.units[0].offset < data_start:
+            raise StoreMismatchError(f"{self.weights_path}: unit '{self.units[0].name}' starts inside the "
+                                     f"safetensors header (which ends at {data_start})")
         for u in self.units:
             for t in u.tensors:
                 entry = header.get(t.name)
                 want = [u.offset + t.offset - data_start, u.offset + t.offset + t.nbytes - data_start]
-                if not entry or entry.get("data_offsets") != want or list(entry.get("shape", [])) != list(t.shape):
+                if (not entry or entry.get("data_offsets") != want or entry.get("shape") != list(t.shape)
+                        or entry.get("dtype") != _ST_DTYPES[t.dtype]):
                     raise StoreMismatchError(f"{self.weights_path}: tensor '{t.name}' differs from the manifest")
 
     # -- the skeleton --------------------------------------------------------------------------
@@ -225,30 +258,37 @@ class BlockStore:
 
 
 def _int(d: dict, key: str) -> int:
-    v = d[key]
+    return _int_value(d[key], key)
+
+
+def _int_value(v, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise ValueError(f"{key} must be a non-negative integer")
+        raise ValueError(f"{what} must be a non-negative integer, got {v!r:.40}")
     return v
 
 
 def _parse_unit(index: int, u: dict) -> Unit:
     tensors = []
     for t in u["tensors"]:
-        dtype = _DTYPE_BY_NAME.get(t["dtype"])
+        dtype = _DTYPE_BY_NAME.get(t["dtype"]) if isinstance(t["dtype"], str) else None
         if dtype is None:
             raise ValueError(f"unknown dtype {t['dtype']!r}")
-        shape = tuple(int(d) for d in t["shape"])
-        if any(d < 0 for d in shape):
-            raise ValueError(f"negative dimension in {t['name']}")
+        if not isinstance(t["shape"], list):
+            raise TypeError(f"the shape of {t['name']!r:.40} is not a list")
+        shape = tuple(_int_value(d, "a dimension") for d in t["shape"])
+        if not isinstance(t["bindings"], list) or not all(isinstance(b, list) and len(b) == 3 for b in t["bindings"]):
+            raise TypeError(f"the bindings of {t['name']!r:.40} are not [module, attribute, kind] lists")
         bindings = tuple((str(p), str(a), str(k)) for p, a, k in t["bindings"])
         if not bindings or any(k not in ("param", "buffer") for _, _, k in bindings):
-            raise ValueError(f"bad bindings for {t['name']}")
+            raise ValueError(f"bad bindings for {t['name']!r:.40}")
         tensors.append(TensorEntry(str(t["name"]), dtype, shape, _int(t, "offset"), _int(t, "nbytes"), bindings))
-    checksum = str(u["checksum"])
-    if not checksum.startswith("crc32:"):
-        raise ValueError(f"unknown checksum {checksum!r}")
-    return Unit(index, str(u["name"]), _int(u, "offset"), _int(u, "nbytes"), int(checksum[6:], 16),
-                bool(u["pinned"]), bool(u["traced"]), tuple(tensors))
+    checksum = u["checksum"]
+    if not isinstance(checksum, str) or not re.fullmatch(r"crc32:[0-9a-f]{8}", checksum):
+        raise ValueError(f"unknown checksum {checksum!r:.40}")
+    if not isinstance(u["pinned"], bool) or not isinstance(u["traced"], bool) or not isinstance(u["name"], str):
+        raise TypeError("a unit's 'pinned' and 'traced' must be booleans and its 'name' a string")
+    return Unit(index, u["name"], _int(u, "offset"), _int(u, "nbytes"), int(checksum[6:], 16),
+                u["pinned"], u["traced"], tuple(tensors))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +321,9 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
     units = _group_units(result)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    lock = _lock_folder(tmp)  # held until the store is in place: tells a later convert we are alive
     try:
         manifest = _write_store(tmp, units, result, progress=progress, desc=ref, progress_file=progress_file)
         manifest.update({
@@ -295,16 +337,21 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
         _write_durably(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
         _fsync_dir(tmp)
         if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, trash / "store")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            _replace_folder(tmp, out)  # tmp now holds the old store
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, out)
         _fsync_dir(out.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in _DISK_FULL:
+            raise StoreError(f"cannot write {out}: {os.strerror(e.errno)}; nothing was left behind") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return BlockStore(out)
 
 
@@ -325,8 +372,6 @@ def _group_units(result) -> list[tuple[str, bool, bool, list[int]]]:
 
 
 def _write_store(folder: Path, units, result, *, progress: bool, desc: str, progress_file=None) -> dict:
-    from tqdm import tqdm
-
     # Lay out every unit, relative to the start of the data section.
     layout = []  # (name, pinned, traced, [(tensor index, offset in unit, nbytes)], unit rel offset, unit nbytes)
     rel = 0
@@ -361,6 +406,35 @@ def _write_store(folder: Path, units, result, *, progress: bool, desc: str, prog
     data_start = align_up(8 + len(header_bytes), UNIT_ALIGN)
     header_bytes += b" " * (data_start - 8 - len(header_bytes))  # safetensors allows trailing spaces
 
+    need = data_start + data_len
+    fs = os.statvfs(folder)
+    if need > fs.f_bavail * fs.f_frsize:  # say so before writing, with the sizes
+        raise _no_space(folder, need, errno.ENOSPC)
+    try:
+        return _write_data(folder, units, result, layout, header_bytes, data_start, data_len, store_id,
+                           progress=progress, desc=desc, progress_file=progress_file)
+    except OSError as e:
+        if e.errno in _DISK_FULL:  # filled up meanwhile, or a file size limit
+            raise _no_space(folder, need, e.errno) from None
+        raise
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _no_space(folder: Path, need: int, err: int) -> StoreError:
+    fs = os.statvfs(folder)
+    free = fs.f_bavail * fs.f_frsize
+    room = (f"{format_bytes(free)} ({free} bytes) are free" if err != errno.EFBIG else
+            "a file size limit (ulimit -f) is lower")
+    return StoreError(f"{os.strerror(err)}: the store needs {format_bytes(need)} ({need} bytes) in "
+                      f"{folder.parent}, {room}; nothing was left behind")
+
+
+def _write_data(folder, units, result, layout, header_bytes, data_start, data_len, store_id, *,
+                progress, desc, progress_file) -> dict:
+    from tqdm import tqdm
+
     manifest_units = []
     path = folder / WEIGHTS_NAME
     with open(path, "wb") as f, tqdm(total=data_len, unit="B", unit_scale=True, desc=f"convert {desc}",
@@ -391,6 +465,57 @@ def _write_store(folder: Path, units, result, *, progress: bool, desc: str, prog
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "store_id": store_id,
             "weights_file": WEIGHTS_NAME, "file_bytes": data_start + data_len, "data_offset": data_start,
             "unit_alignment": UNIT_ALIGN, "units": manifest_units, "calls": calls}
+
+
+def _lock_folder(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove what killed conversions to `out` left beside it (.NAME.*.partial / .old folders): a folder
+    whose lock can be taken has no live owner. (A folder is unlocked for the instant between its
+    mkdtemp and its flock: a cleanup landing exactly then would remove a live conversion's folder,
+    which then fails with an error; it never yields a broken store.)"""
+    for p in out.parent.iterdir():
+        if not (p.name.startswith(f".{out.name}.") and p.name.endswith((".partial", ".old")) and p.is_dir()):
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a conversion in progress
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put folder `new` at `out` in one step (renameat2 RENAME_EXCHANGE: a reader of `out` sees the old
+    store or the new one, never no store); `new` then holds the old store. Where the file system or
+    C library lacks it, two renames, with the old store parked in a .old folder between them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(out), rename_exchange) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(out))
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.replace(out, trash / "store")
+    os.replace(new, out)
+    os.replace(trash / "store", new)
+    trash.rmdir()
 
 
 def _write_durably(path: Path, data: bytes) -> None:
