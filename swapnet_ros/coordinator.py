@@ -152,10 +152,12 @@ class SwapCoordinator(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def _release(self) -> None:
+    def _release(self, collect: bool = True) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown()
             self.scheduler = None
+        if not collect:  # the process is exiting: the OS takes the memory back, a full gc only delays it
+            return
         gc.collect()
         try:  # hand freed heap pages back to the OS, so the process's RSS drops
             ctypes.CDLL("libc.so.6").malloc_trim(0)

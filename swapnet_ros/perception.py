@@ -7,6 +7,7 @@ hundreds of MB), and rclpy has no component container, so they run on one MultiT
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import rclpy
@@ -18,6 +19,17 @@ from swapnet_ros.model_node import SwapModelNode
 
 
 def main(args=None) -> int:
+    _serve(args)
+    # The DDS participant (and its /dev/shm segments) goes when the last rclpy handle of the context
+    # does; the nodes hold cycles, so collect them now that _serve's frame is gone. Then skip Python's
+    # final full collection, which spends seconds finalizing torch's objects (memory the OS takes back).
+    gc.collect()
+    rclpy.get_default_context().destroy()
+    gc.freeze()
+    return 0
+
+
+def _serve(args) -> None:
     rclpy.init(args=args)
     coordinator = SwapCoordinator()
     nodes = [SwapModelNode(name, coordinator) for name in coordinator.get_parameter("models").value]
@@ -36,12 +48,11 @@ def main(args=None) -> int:
             executor.spin()
     finally:
         coordinator.serving = False
-        coordinator._release()
+        coordinator._release(collect=False)  # finishes the job in flight, frees the arena
         executor.shutdown()
         for node in [*nodes, coordinator]:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
 
 
 if __name__ == "__main__":

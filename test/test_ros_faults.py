@@ -496,7 +496,8 @@ def holders(path):
 
 
 def fastdds_entries():
-    return {p.name for p in SHM.iterdir() if p.name.startswith(("fastrtps_", "fast_datasharing", "sem.fastrtps_"))
+    return {p.name for p in SHM.iterdir() if p.name.startswith(("fastrtps_", "fastdds_", "fast_datasharing",
+                                                                 "sem.fastrtps_", "sem.fastdds_"))
             or p.name.endswith("_el")}
 
 
