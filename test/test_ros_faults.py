@@ -23,8 +23,8 @@ import pytest
 import torch
 import yaml
 
-from swapnet_core import BudgetError, BudgetTooSmallError, load_resident, minimum_budget
-from swapnet_core.errors import StoreCorruptError, StoreTruncatedError
+from swapnet_core import BudgetError, BudgetTooSmallError, convert, load_resident, minimum_budget
+from swapnet_core.errors import StoreCorruptError, StoreMismatchError, StoreTruncatedError
 from swapnet_core.models import call_model, make_input
 from swapnet_core.scheduler import Scheduler
 
@@ -160,6 +160,23 @@ def test_a_bad_store_fails_its_model_only_and_recovers_when_restored(stores, dis
             assert torch.equal(sched.submit("a", make_input(X, seed=1)).result(timeout=60), good)
             assert not sched.metrics()["models"]["a"]["failing"]
         assert sched.metrics()["models"]["a"]["errors"] == 4
+        # corrupt again, then re-convert the folder (a new file, same layout): the reader follows it
+        with open(path, "r+b") as f:
+            f.seek(unit.offset + unit.nbytes // 2)
+            f.write(bytes(64))
+        assert isinstance(sched.submit("a", make_input(X, seed=1)).exception(timeout=60), StoreCorruptError)
+        fresh = convert(a.ref, a.path, input_spec=X, force=True, progress=False)
+        got = sched.submit("a", make_input(X, seed=1)).result(timeout=60)
+        with torch.no_grad():
+            assert torch.equal(got, call_model(load_resident(fresh), fresh.call, make_input(X, seed=1)))
+        assert not sched.metrics()["models"]["a"]["failing"]
+        # re-converted as another network: refused, counted, the other model unaffected
+        convert("torchvision:squeezenet1_1", a.path, input_spec=X, force=True, progress=False)
+        e = sched.submit("a", make_input(X, seed=1)).exception(timeout=60)
+        assert isinstance(e, StoreMismatchError) and "layout" in str(e), repr(e)
+        assert sched.submit("b", make_input(X)).result(timeout=60) is not None
+        m = sched.metrics()["models"]
+        assert m["a"]["failing"] and "StoreMismatchError" in m["a"]["last_error"] and not m["b"]["failing"]
         assert sched._worker.is_alive()
     finally:
         sched.shutdown()
@@ -460,11 +477,27 @@ def test_a_bad_store_is_reported_and_recovers_when_restored(client, store_dir):
             figures[damage] = (restored - t0, c.results["segmentation"][mark] - restored)
             assert c.model("segmentation").state == "serving"
             assert c.diagnostic("segmentation").level != DiagnosticStatus.ERROR
+        # corrupted again, then re-converted (the folder swapped for a new one, same layout)
+        with open(path, "r+b") as f:
+            f.seek(unit.offset + unit.nbytes // 2)
+            f.write(bytes(range(256)) * 4)
+        c.pump(5, 30, until=lambda: c.model("segmentation").state == "error")
+        assert "StoreCorruptError" in c.model("segmentation").last_error
+        t0 = time.monotonic()
+        h, w = PARAMS["segmentation"]["ros__parameters"]["input_size"]
+        convert(store.ref, store.path, input_spec=f"random:1x3x{h}x{w}", force=True, progress=False)
+        converted = time.monotonic()
+        mark = len(c.results["segmentation"])
+        c.pump(5, 30, until=lambda: len(c.results["segmentation"]) > mark and c.model("segmentation").state == "serving"
+               and c.diagnostic("segmentation").level != DiagnosticStatus.ERROR)
+        assert len(c.results["segmentation"]) > mark, "no mask after the store was re-converted"
+        assert c.diagnostic("segmentation").level != DiagnosticStatus.ERROR
+        figures["re-convert"] = (converted - t0, c.results["segmentation"][mark] - converted)
     finally:
-        if path.read_bytes() != original:
+        if path.exists() and path.stat().st_size == len(original) and path.read_bytes() != original:
             path.write_bytes(original)
     assert c.proc.poll() is None
-    print("\nbad store (seconds to report, seconds from restore to the first mask): "
+    print("\nbad store (seconds to report or re-convert, seconds from restore/re-convert to the first mask): "
           + ", ".join(f"{k}: {v[0]:.1f}, {v[1]:.2f}" for k, v in figures.items()))
 
 
