@@ -41,13 +41,17 @@ demo-core: $(STORES)/resnet50/manifest.json
 	$(VENV)/bin/swapnet run $(STORES)/resnet50 --budget 1/4 --compare-resident --repeat 7
 	$(VENV)/bin/swapnet run $(STORES)/resnet50 --budget 1/4 --compare-resident --repeat 7 --io mmap
 
+# Every suite (about an hour on two cores), then BENCHMARKS.md and its plots from bench/results/
 bench: setup
+	$(PY) bench/peers.py
 	$(PY) bench/swap_vs_resident.py
 	$(PY) bench/multi_dnn.py
+	$(PY) bench/report.py
 
+# Ours vs. resident, naive swapping and accelerate on one small model at two budgets (~3 minutes);
+# writes bench/results/peers_quick.json and latest.json, never the full results
 bench-quick: setup
-	$(PY) bench/swap_vs_resident.py --quick
-	$(PY) bench/multi_dnn.py --quick
+	$(PY) bench/peers.py --quick
 
 clean:
 	rm -rf build install log $(STORES) out

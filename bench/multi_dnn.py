@@ -25,10 +25,13 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from swapnet_core import BlockStore, convert, minimum_budget
+from swapnet_core import minimum_budget
 from swapnet_core.models import make_input
 from swapnet_core.scheduler import Scheduler
 from swapnet_core.sizes import align_up, format_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import open_or_convert  # noqa: E402
 
 FULL = {
     "detection": ("torchvision:fasterrcnn_resnet50_fpn?min_size=320&max_size=426", "random:1x3x320x426"),
@@ -49,18 +52,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, help="length of each run (default 150, quick 20)")
     ap.add_argument("--utilisation", type=float, default=0.6)
     ap.add_argument("--stores", default="stores/bench")
-    ap.add_argument("--out", default="bench/results/multi_dnn.json")
+    ap.add_argument("--out", help="default bench/results/multi_dnn.json (multi_dnn_quick.json with --quick: the quick\n"
+                         "run never overwrites the full results)")
     args = ap.parse_args()
+    args.out = args.out or f"bench/results/multi_dnn{'_quick' if args.quick else ''}.json"
     models = QUICK if args.quick else FULL
     seconds = args.seconds or (20 if args.quick else 150)
 
     stores, inputs = {}, {}
     for name, (ref, spec) in models.items():
-        path = Path(args.stores) / ref.replace(":", "_").replace("?", "_").replace("&", "_")
-        try:
-            stores[name] = BlockStore(path)
-        except Exception:
-            stores[name] = convert(ref, path, input_spec=spec, force=path.exists())
+        stores[name] = open_or_convert(ref.replace(":", "_").replace("?", "_").replace("&", "_"), ref, spec, args.stores)
         inputs[name] = make_input(spec, seed=1)
     total_weights = sum(s.total_bytes for s in stores.values())
     total = int(total_weights / OVERSUBSCRIPTION)
@@ -95,7 +96,7 @@ def main() -> int:
            "seconds_per_run": seconds, "threads": torch.get_num_threads(), "runs": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
-    png = Path(args.out).with_name("multi_dnn_timeline.png")
+    png = Path(args.out).with_name(Path(args.out).stem + "_timeline.png")
     draw_timeline(timeline, png, periods, total)
     print(f"\nwrote {args.out} and {png}")
     return 0

@@ -20,9 +20,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from swapnet_core import BlockStore, SwapModel, convert, load_profile, load_resident, make_plan, minimum_budget
+from swapnet_core import SwapModel, load_profile, load_resident, make_plan, minimum_budget
 from swapnet_core.models import call_model, make_input, max_abs_diff
 from swapnet_core.sizes import format_bytes, parse_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import open_or_convert, p95  # noqa: E402
 
 MODELS = {
     "fasterrcnn_resnet50_fpn": ("torchvision:fasterrcnn_resnet50_fpn?min_size=480&max_size=640", "random:1x3x480x640"),
@@ -40,17 +43,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one small model, same table")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--stores", default="stores/bench", help="where converted stores are kept between runs")
-    ap.add_argument("--out", default="bench/results/swap_vs_resident.json")
+    ap.add_argument("--out", help="default bench/results/swap_vs_resident.json (swap_vs_resident_quick.json with --quick: the quick\n"
+                         "run never overwrites the full results)")
     args = ap.parse_args()
+    args.out = args.out or f"bench/results/swap_vs_resident{'_quick' if args.quick else ''}.json"
     models = QUICK if args.quick else MODELS
     rows = []
     for name, (ref, spec) in models.items():
-        path = Path(args.stores) / name
-        try:
-            store = BlockStore(path)
-            assert store.ref == ref
-        except Exception:
-            store = convert(ref, path, input_spec=spec, force=path.exists())
+        store = open_or_convert(name, ref, spec, args.stores)
         x = make_input(spec, seed=1)
         resident = load_resident(store)
         configs = []
@@ -88,7 +88,7 @@ def main() -> int:
                 "resident_ms_median": resident_ms, "swapped_ms_median": ms, "ratio": ms / resident_ms,
                 "predicted_ms": plan.prediction.latency_s * 1000, "prediction_error": ms / (plan.prediction.latency_s * 1000) - 1,
                 "physical_bound_ms": bound_ms, "ratio_to_bound": ms / bound_ms,
-                "swapped_ms_p95": sorted(times[id(model)])[int(0.95 * (len(times[id(model)]) - 1))],
+                "swapped_ms_p95": p95(times[id(model)]),
                 "stall_ms_per_call": s.stall_seconds * 1000 / s.calls, "read_ms_per_call": s.read_seconds * 1000 / s.calls,
                 "peak_resident_weight_bytes": s.peak_resident_weight_bytes, "arena_bytes": plan.arena_bytes,
                 "bytes_read_per_call": read_per_call, "read_bandwidth_bytes_per_s": prof.io.bandwidth_bytes_per_s,

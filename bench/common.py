@@ -1,0 +1,42 @@
+"""What the benchmark scripts share: opening (or converting once) a store, percentiles, and the
+process's measured memory and storage reads."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def open_or_convert(folder_name: str, ref: str, input_spec: str, stores: str | os.PathLike):
+    """The store for `ref` under stores/folder_name, converted (with progress) if missing or stale."""
+    from swapnet_core import BlockStore, SwapNetError, convert
+    path = Path(stores) / folder_name
+    try:
+        store = BlockStore(path)
+        if store.ref == ref:
+            return store
+    except SwapNetError:
+        pass
+    return convert(ref, path, input_spec=input_spec, force=path.exists())
+
+
+def p95(values) -> float:
+    """Nearest-rank 95th percentile (the largest of fewer than 20 values)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def process_memory(pid: int | str = "self") -> dict:
+    """rss and hwm (VmHWM, the peak) in bytes from /proc/PID/status; read_bytes: bytes this process
+    has read from storage (not the page cache), from /proc/PID/io."""
+    out = {}
+    for line in open(f"/proc/{pid}/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss" if key == "VmRSS" else "hwm"] = int(value.split()[0]) * 1024
+    for line in open(f"/proc/{pid}/io"):
+        key, _, value = line.partition(":")
+        if key == "read_bytes":
+            out["read_bytes"] = int(value)
+    return out

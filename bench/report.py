@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""BENCHMARKS.md and its plots, from the suites' results in bench/results/ (run by `make bench`).
+
+  .venv/bin/python bench/report.py [--results bench/results] [--out BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONTENDER_STYLE = {"resident": ("black", "resident (enough memory)"), "naive": ("tab:red", "naive swapping"),
+                   "accelerate": ("tab:orange", "accelerate offload"), "ours_direct": ("tab:blue", "ours, direct io"),
+                   "ours_mmap": ("tab:cyan", "ours, mmap io")}
+SWAPPED = ("naive", "accelerate", "ours_direct", "ours_mmap")
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def share_value(share: str) -> float:
+    num, _, den = share.partition("/")
+    return float(num) / float(den or 1)
+
+
+def plot_latency(rows, models, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model]
+        resident = {r["storage"]: r["median_ms"] for r in mine if r["contender"] == "resident"}
+        for storage, dash in (("warm", "-"), ("cold", "--")):
+            ax.axhline(resident[storage], color="black", ls=dash, lw=1,
+                       label=f"resident ({storage})" if storage == "warm" else None)
+            for c in SWAPPED:
+                pts = sorted((r["budget_bytes"] / r["weight_bytes"], r["median_ms"]) for r in mine
+                             if r["contender"] == c and r["storage"] == storage)
+                color, label = CONTENDER_STYLE[c]
+                ax.plot(*zip(*pts), dash, marker="o", ms=3, color=color, label=label if storage == "warm" else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.invert_xaxis()
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("budget / weight bytes")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("median latency, ms (solid warm, dashed cold)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memory(rows, models, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model and r["storage"] == "warm"]
+        weight = mine[0]["weight_bytes"]
+        budgets = sorted({r["budget_bytes"] for r in mine if r["contender"] != "resident"})
+        ax.plot([b / 2**20 for b in budgets], [b / 2**20 for b in budgets], ":", color="gray", label="the budget")
+        ax.axhline(weight / 2**20, color="black", lw=1, label="all weights")
+        for c in SWAPPED:
+            pts = sorted((r["budget_bytes"] / 2**20, r["peak_rss_over_floor_bytes"] / 2**20) for r in mine if r["contender"] == c)
+            color, label = CONTENDER_STYLE[c]
+            ax.plot(*zip(*pts), marker="o", ms=3, color=color, label=label)
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("budget, MiB")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("measured peak RSS over the floor, MiB")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmap(rows, models, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    shares = sorted({r["budget_fraction"] for r in rows if r["contender"] != "resident"}, key=share_value, reverse=True)
+    fig, axes = plt.subplots(1, len(SWAPPED), figsize=(3.3 * len(SWAPPED), 0.6 * len(models) + 1.6), squeeze=False)
+    grids = {}
+    for c in SWAPPED:
+        grid = np.full((len(models), len(shares)), np.nan)
+        for r in rows:
+            if r["contender"] == c and r["storage"] == "warm":
+                grid[models.index(r["model"]), shares.index(r["budget_fraction"])] = r["ratio_to_resident"]
+        grids[c] = grid
+    top = max(np.nanmax(g) for g in grids.values())
+    for ax, c in zip(axes[0], SWAPPED):
+        im = ax.imshow(np.log10(grids[c]), cmap="RdYlGn_r", vmin=0, vmax=np.log10(max(top, 2)), aspect="auto")
+        for i in range(len(models)):
+            for j in range(len(shares)):
+                if not np.isnan(grids[c][i, j]):
+                    ax.text(j, i, f"{grids[c][i, j]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(shares)), shares)
+        ax.set_yticks(range(len(models)), models if c == SWAPPED[0] else [""] * len(models), fontsize=7)
+        ax.set_title(CONTENDER_STYLE[c][1], fontsize=9)
+        ax.set_xlabel("budget (share of weights)")
+    fig.colorbar(im, ax=axes[0].tolist(), label="log10(latency / resident), warm")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def peers_section(result: dict, results: Path) -> list[str]:
+    from peers import must_show
+    rows, m = result["rows"], result["machine"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    plot_latency(rows, models, results / "peers_latency.png")
+    plot_memory(rows, models, results / "peers_memory.png")
+    plot_heatmap(rows, models, results / "peers_ratio_heatmap.png")
+    out = ["## Ours against the peers at the same budget (`bench/peers.py`)", "",
+           f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['cpu_threads']} torch threads), no GPU; torch {m['torch']}, "
+           f"accelerate {m['accelerate']}, Python {m['python']}. One run of {result['seconds'] / 60:.0f} minutes; "
+           f"{result['repeat']['warm']} warm and {result['repeat']['cold']} cold forwards per contender, interleaved.", "",
+           "Method. Every contender at every budget runs in its own worker process on the same store bytes and the same "
+           "input; the parent asks the workers for one forward each in turn, so drift hits all alike. Peak memory is "
+           "the worker's VmHWM, reset after set-up (measured, not estimated); *over floor* subtracts the run-time floor, "
+           "the resident process's peak less its weight bytes (torch, activations, allocator caches), so it is what the "
+           f"contender's weights cost. Cold storage: {result['cold_storage']}. Bytes read are the process's reads from "
+           "storage (`/proc/self/io`). *naive* is SwapNet's naive swapping (safetensors `load_file` + `load_state_dict` "
+           "per block, no prefetch, blocks of at most half the budget); *accelerate* is `infer_auto_device_map("
+           "max_memory={'cpu': budget, 'disk': ...})` + `dispatch_model` with an offload folder (`disk_offload` when "
+           "nothing fits beside the largest layer). Budgets below a model's minimum for ours are raised to it (marked *), "
+           "for every contender alike.", "",
+           "### Headline: 1/4 of the weight bytes", "", "```", must_show(rows), "```", "",
+           "### All budgets", "",
+           "| model | budget | contender | warm median ms | warm p95 | cold median ms | cold p95 | / resident (warm) "
+           "| peak RSS | over floor | storage read / cold call | max abs diff |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    by = {(r["model"], r["budget_bytes"], r["contender"], r["storage"]): r for r in rows}
+    for (model, budget, c, storage), w in by.items():
+        if storage == "warm":
+            k = by[(model, budget, c, "cold")]
+            out.append(f"| {model} | {w['budget_fraction']}{'*' if w['min_feasible'] else ''} ({mib(budget)}) | {c} "
+                       f"| {w['median_ms']:.0f} | {w['p95_ms']:.0f} | {k['median_ms']:.0f} | {k['p95_ms']:.0f} "
+                       f"| {w['ratio_to_resident']:.2f} | {mib(w['peak_rss_bytes'])} | {mib(w['peak_rss_over_floor_bytes'])} "
+                       f"| {mib(k['storage_read_bytes_per_call'])} | {w['max_abs_diff']:.0g} |")
+    out += ["", "![latency vs budget](bench/results/peers_latency.png)", "",
+            "![peak memory vs budget](bench/results/peers_memory.png)", "",
+            "![latency / resident](bench/results/peers_ratio_heatmap.png)", "",
+            "### The I/O-bound limit", "",
+            "The storage bandwidth is measured through our own read path (O_DIRECT reads of the store, cold), and each "
+            "of our runs is set against the physical bound max(compute, bytes read per forward / bandwidth), compute "
+            "being the resident model's warm latency.", "",
+            "| model | budget | bandwidth | bytes read / forward | bound ms | ours direct cold ms | ours / bound |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["contender"] == "ours_direct" and r["storage"] == "cold":
+            out.append(f"| {r['model']} | {r['budget_fraction']}{'*' if r['min_feasible'] else ''} "
+                       f"| {r['read_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s | {mib(r['bytes_loaded_per_call'])} "
+                       f"| {r['physical_bound_ms']:.0f} | {r['median_ms']:.0f} | {r['ratio_to_bound']:.2f} |")
+    return out + [""]
+
+
+def swap_section(result: dict) -> list[str]:
+    out = ["## Swapped vs. resident, plan kinds and io modes (`bench/swap_vs_resident.py`)", "",
+           "Medians of one interleaved run; *predicted* is the planner's cost model.", "",
+           "| model | budget | io | plan | blocks | resident ms | swapped ms | predicted ms | ratio | / bound | max abs diff |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        out.append(f"| {r['model']} | {r['budget_fraction']}{'*' if r['min_feasible'] else ''} | {r['io']} | {r['plan']} "
+                   f"| {r['blocks']} | {r['resident_ms_median']:.0f} | {r['swapped_ms_median']:.0f} "
+                   f"| {r['predicted_ms']:.0f} | {r['ratio']:.2f} | {r['ratio_to_bound']:.2f} | {r['max_abs_diff']:.0g} |")
+    return out + [""]
+
+
+def multi_section(result: dict) -> list[str]:
+    models = result["models"]
+    out = ["## Several networks in one budget (`bench/multi_dnn.py`)", "",
+           ", ".join(f"{k} ({v['ref']})" for k, v in models.items()) + f": {mib(result['total_weight_bytes'])} of weights "
+           f"in {mib(result['total_budget_bytes'])} ({result['total_weight_bytes'] / result['total_budget_bytes']:.1f}x), "
+           f"{result['seconds_per_run']:.0f} s per run, periods set for utilisation {result['utilisation']}.", "",
+           "| policy | preemption | load | " + " | ".join(f"{k} p99 ms / misses / drops" for k in models)
+           + " | peak weights | RSS start → end |", "|---|---|---:|" + "---:|" * len(models) + "---:|---:|"]
+    for run in result["runs"]:
+        cells = [f"{run['per_model'][k]['p99_ms']:.0f} / {run['per_model'][k]['miss_rate']:.0%} / {run['per_model'][k]['drops']}"
+                 for k in models]
+        out.append(f"| {run['policy']} | {'on' if run['preemption'] else 'off'} | {run['load']:.0f}x | " + " | ".join(cells)
+                   + f" | {mib(run['peak_resident_weight_bytes'])} | {mib(run['rss_start_bytes'])} → {mib(run['rss_end_bytes'])} |")
+    out += ["", "![timeline](bench/results/multi_dnn_timeline.png)", ""]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default="bench/results")
+    ap.add_argument("--out", default="BENCHMARKS.md")
+    args = ap.parse_args()
+    results = Path(args.results)
+    lines = ["# Benchmarks", "",
+             "Generated by `bench/report.py` from `bench/results/*.json` (`make bench` runs every suite and then this; "
+             "`make bench-quick` runs the peer comparison on one small model and two budgets in about three minutes "
+             "and leaves this report alone). All figures come from this repository's scripts on the machine named in "
+             "each section; ratios are taken within one run.", ""]
+    sections = (("peers.json", peers_section), ("swap_vs_resident.json", swap_section), ("multi_dnn.json", multi_section))
+    for name, section in sections:
+        path = results / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            lines += section(data, results) if section is peers_section else section(data)
+        else:
+            lines += [f"({name} missing: run `make bench`)", ""]
+    Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
