@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import logging
 import time
 from pathlib import Path
 
@@ -25,6 +24,11 @@ from swapnet_ros.msg import CoordinatorStatus, ModelStatus
 from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes
 
 MB = 1 << 20
+
+
+def store_folder(store_dir, ref: str) -> Path:
+    """Where a model reference is converted under store_dir."""
+    return Path(store_dir) / ref.replace(":", "_").replace("/", "_").replace("?", "_")
 
 
 class _LogWriter:
@@ -168,7 +172,7 @@ class SwapCoordinator(LifecycleNode):
         ref = node.get_parameter("model").value
         if Path(ref).is_dir():
             return BlockStore(ref)
-        folder = Path(self.get_parameter("store_dir").value) / ref.replace(":", "_").replace("/", "_").replace("?", "_")
+        folder = store_folder(self.get_parameter("store_dir").value, ref)
         weights = node.get_parameter("weights").value or None
         try:
             store = BlockStore(folder)

@@ -3,7 +3,6 @@ fed by this test, lifecycle driven through services, parameters set through SetP
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
