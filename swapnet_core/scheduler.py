@@ -7,7 +7,10 @@ no queue grows. Policies: "edf" (earliest deadline first), "fifo" (earliest subm
 block of the job the policy would run next is read into that model's own part of the arena. With
 preemption on, a job whose deadline comes first may run between two blocks of a running job (the
 paused job keeps its activations). Budgets can be retuned at run time: validated at once, refused
-with the reason, applied at the next job boundary.
+with the reason, applied at the next job boundary (retunes made meanwhile are applied together, and
+a pending job runs between two retunes, so fast toggling neither loses a value nor starves a stream).
+A job that fails (a store truncated or corrupted under it) is counted against its model only, which
+is marked failing until one of its jobs succeeds again; the worker and the other models go on.
 """
 
 from __future__ import annotations
