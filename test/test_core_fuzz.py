@@ -18,29 +18,37 @@ from swapnet_core.models import make_input
 from swapnet_core.sizes import MAX_SIZE, parse_size
 
 RESNET, X = "torchvision:resnet18", "random:1x3x64x64"
-MANIFEST_EXAMPLES, GARBAGE_EXAMPLES, SIZE_EXAMPLES, BUDGET_EXAMPLES = 250, 150, 2000, 40
+MANIFEST_EXAMPLES, GARBAGE_EXAMPLES, SIZE_EXAMPLES, BUDGET_EXAMPLES = 700, 300, 2000, 40
 FUZZ = settings(deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow])
-ran = {"manifest": 0, "manifest_opened": 0, "manifest_ran": 0, "garbage": 0, "sizes": 0, "budgets": 0}
+refused: dict = {}
+ran = {"manifest": 0, "manifest_opened": 0, "manifest_ran": 0, "garbage": 0, "sizes": 0, "budgets": 0,
+       "budgets_accepted": 0}
+
+
+FUZZED = [(RESNET, X), ("toy_models:tied", "random:1x3x16x16")]  # the toy has a pinned (tied) unit
 
 
 @pytest.fixture(scope="module")
-def fuzz_store(convert_once, disk_dir):
-    """(folder whose manifest the tests rewrite, the original manifest, input, resident output). The
-    weights file is a hard link to a real resnet18 store's: never written, only read."""
-    store = convert_once(RESNET, X)
-    folder = disk_dir / "fuzz_store"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    try:
-        os.link(store.weights_path, folder / "weights.safetensors")
-    except OSError:
-        shutil.copy(store.weights_path, folder / "weights.safetensors")
-    manifest = json.loads((store.path / "manifest.json").read_text())
-    x = make_input(X, seed=5)
-    with torch.no_grad():
-        want = load_resident(store)(x)
-    yield folder, manifest, x, want
-    print(f"\nhypothesis examples run: {ran}")
+def fuzz_stores(convert_once, disk_dir):
+    """Per fuzzed model: (folder whose manifest the tests rewrite, the original manifest, input,
+    resident output). Each weights file is a hard link to a real store's: never written, only read."""
+    stores = []
+    for i, (ref, spec) in enumerate(FUZZED):
+        store = convert_once(ref, spec)
+        folder = disk_dir / f"fuzz_store{i}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        try:
+            os.link(store.weights_path, folder / "weights.safetensors")
+        except OSError:
+            shutil.copy(store.weights_path, folder / "weights.safetensors")
+        manifest = json.loads((store.path / "manifest.json").read_text())
+        x = make_input(spec, seed=5)
+        with torch.no_grad():
+            want = load_resident(store)(x)
+        stores.append((folder, manifest, x, want))
+    yield stores
+    print(f"\nhypothesis examples run: {ran}\nrefused: {sorted(refused.items(), key=lambda kv: -kv[1])[:25]}")
 
 
 def locations(obj, prefix=()):
@@ -81,6 +89,8 @@ def mutated(draw, manifest):
             value = parent[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation moved it
+        if not isinstance(parent, (dict, list)):
+            continue  # ... or made its parent a string
         kind = draw(st.sampled_from(["replace", "delete", "nudge", "duplicate", "swap", "copy", "sibling",
                                      "recut", "recut"]))
         key = path[-1]
@@ -88,7 +98,9 @@ def mutated(draw, manifest):
             parent[key] = draw(ODD_VALUES)
         elif kind == "delete":
             del parent[key]
-        elif kind == "nudge" and isinstance(value, int) and not isinstance(value, bool):
+        elif kind == "nudge" and isinstance(value, bool):
+            parent[key] = not value
+        elif kind == "nudge" and isinstance(value, int):
             parent[key] = value + draw(NUDGES)
         elif kind == "duplicate" and isinstance(parent, list):
             parent.insert(key, copy.deepcopy(value))
@@ -140,6 +152,8 @@ def open_and_run(folder, x, want):
         store = BlockStore(folder)
     except SwapNetError as e:
         assert str(e)
+        reason = str(e).split(": ", 1)[-1][:40]
+        refused[reason] = refused.get(reason, 0) + 1
         return
     ran["manifest_opened"] += 1
     try:
@@ -159,8 +173,8 @@ def open_and_run(folder, x, want):
 
 @settings(FUZZ, max_examples=MANIFEST_EXAMPLES)
 @given(data=st.data())
-def test_mutated_manifests_are_refused_with_a_typed_error_or_run_exactly(fuzz_store, data):
-    folder, manifest, x, want = fuzz_store
+def test_mutated_manifests_are_refused_with_a_typed_error_or_run_exactly(fuzz_stores, data):
+    folder, manifest, x, want = data.draw(st.sampled_from(fuzz_stores))
     m = data.draw(mutated(manifest))
     (folder / "manifest.json").write_text(json.dumps(m))
     ran["manifest"] += 1
@@ -169,8 +183,8 @@ def test_mutated_manifests_are_refused_with_a_typed_error_or_run_exactly(fuzz_st
 
 @settings(FUZZ, max_examples=GARBAGE_EXAMPLES)
 @given(data=st.data())
-def test_garbage_manifests_are_refused_with_a_typed_error(fuzz_store, data):
-    folder, manifest, x, want = fuzz_store
+def test_garbage_manifests_are_refused_with_a_typed_error(fuzz_stores, data):
+    folder, manifest, x, want = fuzz_stores[0]
     text = json.dumps(manifest, indent=1).encode()
     blob = data.draw(st.one_of(
         st.binary(max_size=200),
@@ -183,10 +197,10 @@ def test_garbage_manifests_are_refused_with_a_typed_error(fuzz_store, data):
     open_and_run(folder, x, want)
 
 
-def test_the_fuzzer_can_fail(fuzz_store):
+def test_the_fuzzer_can_fail(fuzz_stores):
     """The property above would notice an accepted manifest that changes the output: swap two
     same-shaped tensors' offsets in the manifest only (the store refuses it), as a control."""
-    folder, manifest, x, want = fuzz_store
+    folder, manifest, x, want = fuzz_stores[0]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     open_and_run(folder, x, want)  # the unmutated manifest runs exactly
     assert BlockStore(folder).store_id == manifest["store_id"]
@@ -252,8 +266,8 @@ def test_odd_budget_strings():
 
 
 @settings(FUZZ, max_examples=BUDGET_EXAMPLES)
-@given(budget=st.one_of(ANY_SIZE, st.integers(1, 2**26)))
-def test_swapmodel_budgets_are_refused_with_the_reason_or_honoured(fuzz_store, convert_once, budget):
+@given(budget=st.one_of(ANY_SIZE, st.integers(1, 2**26), st.sampled_from(["1/2", "90%", "0.3x", "30MB", "1GiB"])))
+def test_swapmodel_budgets_are_refused_with_the_reason_or_honoured(fuzz_stores, convert_once, budget):
     ran["budgets"] += 1
     store = convert_once(RESNET, X)
     minimum = minimum_budget(store)
@@ -268,6 +282,7 @@ def test_swapmodel_budgets_are_refused_with_the_reason_or_honoured(fuzz_store, c
         with pytest.raises(BudgetError):
             parse_size(budget, of=store.total_bytes)
         return
+    ran["budgets_accepted"] += 1
     with model:
         assert minimum <= model.budget_bytes == parse_size(budget, of=store.total_bytes)
         assert model.plan.arena_bytes <= model.budget_bytes
