@@ -157,15 +157,18 @@ def test_sigkill_of_the_console_script_while_it_writes(disk_dir):
         while not leftovers(out) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert leftovers(out), "the conversion finished before its temporary folder was seen"
-        time.sleep(0.02)
+        time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert not out.exists() and leftovers(out)  # killed while writing: no store, a stale temporary
-    with pytest.raises(StoreNotFoundError):
-        BlockStore(out)
-    convert(KILL_MODEL, out, input_spec=X, progress=False)
+    if out.exists():  # only on a machine that writes 87 MB in 10 ms: then the store must be whole
+        verify_all(out)
+    else:  # killed while writing: no store, a stale temporary
+        assert leftovers(out)
+        with pytest.raises(StoreNotFoundError):
+            BlockStore(out)
+    convert(KILL_MODEL, out, input_spec=X, progress=False, force=out.exists())
     verify_all(out)
     assert leftovers(out) == []
 
