@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle  # only for its exception type: nothing here unpickles
 import statistics
 import sys
 import time
 
-from .errors import SwapNetError, WeightsError
+from .errors import SwapNetError
 from .sizes import format_bytes
 
 
@@ -129,15 +128,8 @@ def _convert(args) -> int:
     from .store import convert
 
     t0 = time.perf_counter()
-    try:
-        store = convert(args.model, args.out, weights=args.weights, input_spec=args.input,
-                        force=args.force, progress=not args.quiet)
-    except WeightsError as e:
-        if isinstance(e.__context__, pickle.UnpicklingError):  # torch's text suggests weights_only=False
-            raise WeightsError(f"{args.weights} holds pickled objects other than tensors; swapnet reads only "
-                               f"safetensors or plain state dicts (torch.load weights_only=True) and did not "
-                               f"unpickle it") from None
-        raise
+    store = convert(args.model, args.out, weights=args.weights, input_spec=args.input,
+                    force=args.force, progress=not args.quiet)
     pinned = sum(u.pinned for u in store.units)
     print(f"{store.path}: {len(store.units)} units ({pinned} pinned), {format_bytes(store.total_bytes)}, "
           f"converted in {time.perf_counter() - t0:.1f} s" + ("; random weights" if store.random_weights else ""))

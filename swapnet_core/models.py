@@ -12,6 +12,7 @@ import ast
 import importlib
 import inspect
 import json
+import pickle  # only for its exception type: nothing here unpickles
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False
+        raise WeightsError(f"{path} holds pickled objects other than tensors; swapnet reads only safetensors or "
+                           f"plain state dicts (torch.load weights_only=True) and did not unpickle it") from None
     except Exception as e:  # any reader error becomes one clear line
         raise WeightsError(f"cannot read weights file {path}: {e}") from None
     for key in ("state_dict", "model", "model_state_dict"):
