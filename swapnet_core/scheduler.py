@@ -314,6 +314,7 @@ class Scheduler:
         for m in self._models.values():
             if m.swap is not None:
                 m.metrics.bytes_swapped += m.swap.stats.bytes_read
+                m.store = m.swap.store  # it follows a store re-converted in place (new checksums)
                 m.swap.close()
                 m.swap = None
 

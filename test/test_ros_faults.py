@@ -20,6 +20,7 @@ import psutil
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from swapnet_core import BudgetError, convert, load_resident, minimum_budget
 from swapnet_core.errors import StoreCorruptError, StoreMismatchError, StoreTruncatedError
@@ -167,6 +168,19 @@ def test_a_bad_store_fails_its_model_only_and_recovers_when_restored(stores, dis
         got = sched.submit("a", make_input(X, seed=1)).result(timeout=60)
         with torch.no_grad():
             assert torch.equal(got, call_model(load_resident(fresh), fresh.call, make_input(X, seed=1)))
+        assert not sched.metrics()["models"]["a"]["failing"]
+        # re-converted with other weights (same layout), then re-planned: the rebuilt model must use the
+        # new manifest's checksums, not those the scheduler read at add_model
+        weights = disk_dir / "a-other.safetensors"
+        save_file({k: v + 0.5 if v.is_floating_point() else v.clone()
+                   for k, v in load_resident(fresh).state_dict().items()}, str(weights))
+        other = convert(a.ref, a.path, input_spec=X, weights=weights, force=True, progress=False)
+        with torch.no_grad():
+            want = call_model(load_resident(other), other.call, make_input(X, seed=1))
+        assert not torch.equal(want, got)
+        assert torch.equal(sched.submit("a", make_input(X, seed=1)).result(timeout=60), want)
+        sched.set_budgets(budgets={"a": budgets["a"] + (MB // 2)}).result(timeout=60)
+        assert torch.equal(sched.submit("a", make_input(X, seed=1)).result(timeout=60), want)
         assert not sched.metrics()["models"]["a"]["failing"]
         # re-converted as another network: refused, counted, the other model unaffected
         convert("torchvision:squeezenet1_1", a.path, input_spec=X, force=True, progress=False)
