@@ -153,13 +153,14 @@ def peers_section(result: dict, results: Path) -> list[str]:
             "The storage bandwidth is measured through our own read path (O_DIRECT reads of the store, cold), and each "
             "of our runs is set against the physical bound max(compute, bytes read per forward / bandwidth), compute "
             "being the resident model's warm latency.", "",
-            "| model | budget | bandwidth | bytes read / forward | bound ms | ours direct cold ms | ours / bound |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+            "| model | budget | bandwidth | bytes read / forward | compute ms | I/O ms | bound ms | ours direct cold ms | ours / bound |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["contender"] == "ours_direct" and r["storage"] == "cold":
             out.append(f"| {r['model']} | {r['budget_fraction']}{'*' if r['min_feasible'] else ''} "
                        f"| {r['read_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s | {mib(r['bytes_loaded_per_call'])} "
-                       f"| {r['physical_bound_ms']:.0f} | {r['median_ms']:.0f} | {r['ratio_to_bound']:.2f} |")
+                       f"| {r['compute_ms']:.0f} | {r['io_ms']:.0f} | {r['physical_bound_ms']:.0f} | {r['median_ms']:.0f} "
+                       f"| {r['ratio_to_bound']:.2f} |")
     return out + [""]
 
 
