@@ -51,7 +51,7 @@ MODELS = {
     "depth_anything_base": ("transformers:depth-anything-base", "random:1x3x364x490"),
 }
 QUICK = {"resnet50": ("torchvision:resnet50", "random:1x3x224x224")}
-SHARES, QUICK_SHARES = ("1", "1/2", "1/4", "1/6", "1/10"), ("1/2", "1/4")
+SHARES, QUICK_SHARES = ("1/1", "1/2", "1/4", "1/6", "1/10"), ("1/2", "1/4")  # "1" alone would mean one byte
 CONTENDERS = ("resident", "naive", "accelerate", "ours_direct", "ours_mmap")
 PARALLEL_SETUP = 3  # workers set up at once (each briefly holds a copy of the model)
 
@@ -348,7 +348,7 @@ def bench_model(name, ref, spec, shares, args, scratch: Path) -> list[dict]:
         done = finished[id(w)]
         w.proc.wait(timeout=60)
         c, budget = w.spec["contender"], w.spec["budget"]
-        share = "1" if c == "resident" else budgets[budget]
+        share = "1/1" if c == "resident" else budgets[budget]
         for storage in ("warm", "cold"):
             med = statistics.median(w.times[storage])
             row = {"model": name, "ref": ref, "input": spec, "weight_bytes": store.total_bytes,

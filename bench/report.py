@@ -19,6 +19,28 @@ CONTENDER_STYLE = {"resident": ("black", "resident (enough memory)"), "naive": (
 SWAPPED = ("naive", "accelerate", "ours_direct", "ours_mmap")
 
 
+def why(rows) -> str:
+    """The reading of the targets, with this run's own ranges."""
+    resident = [r["median_ms"] for r in rows if r["contender"] == "resident" and r["storage"] == "warm"]
+    ours = [r for r in rows if r["contender"] == "ours_direct" and r["storage"] == "cold"]
+    bw = [r["read_bandwidth_bytes_per_s"] / 1e9 for r in ours]
+    io_bound = sorted({r["model"] for r in ours if r["io_ms"] >= 0.8 * r["compute_ms"]})
+    peers = [r["ratio_to_resident"] for r in rows if r["contender"] in ("naive", "accelerate") and r["storage"] == "warm"]
+    return (f"Reading the targets: a forward here takes {min(resident) / 1000:.1f}–{max(resident) / 1000:.1f} s of "
+            f"compute, while the store reads at {min(bw):.1f}–{max(bw):.1f} GB/s, so bytes ÷ bandwidth is "
+            f"{'a fraction of the compute for every model' if not io_bound else 'close to or above the compute only for ' + ', '.join(io_bound)}. "
+            "Where compute dominates, any way of bringing the weights in costs little next to it: naive swapping and "
+            "accelerate pay their copies and hooks without overlap and still land at "
+            f"{min(peers):.2f}–{max(peers):.2f}x resident with warm storage. The gaps the ≥ 3 and ≥ 2 targets ask "
+            "for open where compute is fast and storage is not (the paper measures GPUs; a Jetson's GPU in the "
+            "field); here they show only with cold storage on the I/O-heavy models, and the targets are reported "
+            "as measured. Memory is where the contenders part on any machine: see *over floor*.")
+
+
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -134,6 +156,23 @@ def peers_section(result: dict, results: Path) -> list[str]:
            "nothing fits beside the largest layer). Budgets below a model's minimum for ours are raised to it (marked *), "
            "for every contender alike.", "",
            "### Headline: 1/4 of the weight bytes", "", "```", must_show(rows), "```", "",
+           "### Targets at 1/4 (ours = direct io, optimal plan)", "",
+           "| model | storage | ours / resident (≤ 1.10 where compute-bound) | accelerate / ours (≥ 3) | naive / ours (≥ 2) "
+           "| ours peak over floor vs. budget |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["contender"] != "ours_direct" or r["budget_fraction"] != "1/4":
+            continue
+        peer = {p["contender"]: p for p in rows if p["model"] == r["model"] and p["storage"] == r["storage"]
+                and p["budget_bytes"] == r["budget_bytes"]}
+        bound = "compute" if r["compute_ms"] >= r["io_ms"] else "I/O"
+        acc, naive = peer["accelerate"]["median_ms"] / r["median_ms"], peer["naive"]["median_ms"] / r["median_ms"]
+        over = r["peak_rss_over_floor_bytes"] - r["budget_bytes"]
+        out.append(f"| {r['model']}{'*' if r['min_feasible'] else ''} | {r['storage']} "
+                   f"| {r['ratio_to_resident']:.2f} ({bound}-bound) {mark(r['ratio_to_resident'] <= 1.10 or bound == 'I/O')} "
+                   f"| {acc:.2f} {mark(acc >= 3)} | {naive:.2f} {mark(naive >= 2)} "
+                   f"| {mib(r['peak_rss_over_floor_bytes'])} vs. {mib(r['budget_bytes'])} "
+                   f"({'+' if over >= 0 else '−'}{mib(abs(over))}) |")
+    out += ["", why(rows), "",
            "### All budgets", "",
            "| model | budget | contender | warm median ms | warm p95 | cold median ms | cold p95 | / resident (warm) "
            "| peak RSS | over floor | storage read / cold call | max abs diff |",
