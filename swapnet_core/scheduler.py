@@ -160,7 +160,8 @@ class Scheduler:
 
     # -- jobs ------------------------------------------------------------------------------------
     def submit(self, name: str, x: torch.Tensor, deadline: float | None = None) -> Future:
-        """Queue a frame for `name`; replaces (and cancels) its pending frame. deadline: monotonic seconds."""
+        """Queue a frame for `name`; replaces (and cancels) its pending frame, keeping that frame's deadline
+        and place in line if earlier. deadline: monotonic seconds."""
         if name not in self._models:
             raise KeyError(f"unknown model {name!r}")
         now = time.monotonic()
@@ -171,6 +172,10 @@ class Scheduler:
             old = self._pending.pop(name, None)
             if old is not None and old.future.cancel():
                 self._models[name].metrics.drops += 1
+                # the stream keeps its place: a frame replacing an unserved one inherits its deadline and
+                # arrival order, or under overload a stream whose frames tie with another's (one camera,
+                # several models) but arrive second would be replaced for ever and never run
+                job.deadline, job.seq = min(job.deadline, old.deadline), old.seq
             self._pending[name] = job
             self._cond.notify()
         return job.future

@@ -77,6 +77,31 @@ def test_a_stream_keeps_only_its_latest_frame(stores):
     assert m["drops"] == 3 and m["jobs_done"] == 1
 
 
+@pytest.mark.parametrize("policy", ["edf", "fifo"])
+def test_no_stream_starves_when_one_camera_feeds_several_models_faster_than_they_run(stores, policy):
+    # every frame goes to both models with the same deadline, "a" always first (callback order):
+    # without aging "b"'s frame is replaced before it ever gets its turn
+    two = {n: stores[n] for n in ("a", "b")}
+    sched, _ = make_scheduler(two, policy)
+    sched.start()
+    x = make_input(X)
+    try:
+        sched.submit("a", x).result(timeout=60)
+        sched.submit("b", x).result(timeout=60)
+        period = max(m["p50_ms"] for m in sched.metrics()["models"].values()) / 1000 / 3  # 3x overload
+        end = time.monotonic() + max(3.0, 40 * period)
+        while time.monotonic() < end:
+            deadline = time.monotonic() + period
+            sched.submit("a", x, deadline)
+            sched.submit("b", x, deadline)
+            time.sleep(period)
+        assert sched.drain(timeout=60)
+    finally:
+        sched.shutdown()
+    done = {n: m["jobs_done"] for n, m in sched.metrics()["models"].items()}
+    assert min(done.values()) >= 0.3 * max(done.values()), done
+
+
 def test_budget_retune_is_applied_at_a_job_boundary_or_refused_with_a_reason(stores):
     sched, budgets = make_scheduler(stores, extra=8 << 20)
     sched.start()
