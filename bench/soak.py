@@ -63,9 +63,11 @@ def parse_args(argv=None):
     ap.add_argument("--drift-limit", type=float, help="RSS drift limit after warm-up, %% (default 2; quick 5)")
     ap.add_argument("--config", default=str(ROOT / "config" / "soak.yaml"))
     ap.add_argument("--stores", default=str(Path.home() / ".cache" / "swapnet_ros" / "stores" / "soak"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
+    ap.add_argument("--out", help="default bench/results/soak.json (soak_quick.json with --quick: a quick run "
+                                  "never touches the documented results)")
     args = ap.parse_args(argv)
     quick = args.quick
+    args.out = args.out or str(ROOT / "bench" / "results" / ("soak_quick.json" if quick else "soak.json"))
     args.mode = "overload" if args.overload else ("quick" if quick else "soak")
     args.frames = args.frames or (300 if quick else 10000)
     args.seconds = args.seconds or (35.0 if quick else 180.0 if args.overload else float("inf"))
