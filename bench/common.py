@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: opening (or converting once) a store, percentiles, and the
-process's measured memory and storage reads."""
+"""What the benchmark scripts (and the tests that watch a process) share: opening (or converting once) a
+store, percentiles, and a process's measured memory, storage reads and shared-memory files."""
 
 from __future__ import annotations
 
@@ -40,3 +40,24 @@ def process_memory(pid: int | str = "self") -> dict:
         if key == "read_bytes":
             out["read_bytes"] = int(value)
     return out
+
+
+def shm_paths(pid: int) -> set[str]:
+    """The /dev/shm files a process maps or holds open (its FastDDS segments, lock files and ports)."""
+    found = set()
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/dev/shm/"):
+                    found.add(parts[5].strip().removesuffix(" (deleted)"))
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("/dev/shm/"):
+                found.add(target.removesuffix(" (deleted)"))
+    except OSError:  # the process is gone, or not ours to look at
+        pass
+    return found

@@ -43,6 +43,9 @@ import numpy as np
 import psutil
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import shm_paths  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
 # what each model node publishes; the first topic of each is the one that says "served"
@@ -135,27 +138,6 @@ class ResidentCoordinator:
 
     def request_budget(self, name, budget_bytes):
         return None
-
-
-def shm_paths(pid: int) -> set[str]:
-    """The /dev/shm files the process maps or holds open (FastDDS segments and port files)."""
-    paths = set()
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                i = line.find("/dev/shm/")
-                if i >= 0:
-                    paths.add(line[i:].strip().removesuffix(" (deleted)"))
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("/dev/shm/"):
-                paths.add(target.removesuffix(" (deleted)"))
-    except OSError:
-        pass
-    return paths
 
 
 def canonical(value):

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -515,25 +516,8 @@ def test_a_bad_store_is_reported_and_recovers_when_restored(client, store_dir):
 
 
 # -- stopping: SIGTERM / SIGINT during inference --------------------------------------------------
-def shm_paths(pid):
-    """The /dev/shm files a process maps or holds open (its FastDDS segments, lock files and ports)."""
-    found = set()
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6 and parts[5].startswith("/dev/shm/"):
-                    found.add(parts[5].strip().removesuffix(" (deleted)"))
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("/dev/shm/"):
-                found.add(target.removesuffix(" (deleted)"))
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return found
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from common import shm_paths  # noqa: E402  (one place for how a process's /dev/shm files are found)
 
 
 def holders(path):
