@@ -15,7 +15,7 @@ real DDS, fed by a feeder node in this process.
   machine's /dev/shm entries) are sampled. Prints a table, writes its section of --out (JSON) and a
   plot of RSS and latency over time next to it.
 
-  python bench/soak.py --quick            # CI-sized, ~40 s of frames after start-up
+  python bench/soak.py --quick            # CI-sized: 50 frames per model (~40 s here) after start-up
   python bench/soak.py                    # the full soak: 10,000 frames served per model
   python bench/soak.py --overload         # 3x the serviceable rate for 180 s
 (after `bash scripts/build_ros.sh` and `source scripts/ros_env.sh`). Exit status 1 if a criterion fails.
@@ -55,10 +55,11 @@ PROBE_ID = "probe"
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="CI-sized soak: ~40 s of frames, looser warm-up")
+    ap.add_argument("--quick", action="store_true", help="CI-sized soak: 50 frames per model, looser warm-up")
     ap.add_argument("--overload", action="store_true", help="3x the serviceable rate instead of the soak")
-    ap.add_argument("--frames", type=int, help="soak: frames per model (default 10000; quick: 300)")
-    ap.add_argument("--seconds", type=float, help="soak: stop feeding after this long even if short of --frames (quick: 35); "
+    ap.add_argument("--frames", type=int, help="soak: frames per model (default 10000; quick: 50)")
+    ap.add_argument("--seconds", type=float, help="soak: stop feeding after this long even if short of --frames, which then fails "
+                                                     "(quick: 600, a ceiling for a hung run, not a speed target); "
                                                      "overload: length of the overload (default 180)")
     ap.add_argument("--warmup", type=int, help="frames before the memory baseline (default 500; quick 30)")
     ap.add_argument("--probe-every", type=int, help="a probe frame every N frames (default 100; quick 10)")
@@ -72,8 +73,9 @@ def parse_args(argv=None):
     quick = args.quick
     args.out = args.out or str(ROOT / "bench" / "results" / ("soak_quick.json" if quick else "soak.json"))
     args.mode = "overload" if args.overload else ("quick" if quick else "soak")
-    args.frames = args.frames or (300 if quick else 10000)
-    args.seconds = args.seconds or (35.0 if quick else 180.0 if args.overload else float("inf"))
+    args.frames = args.frames or (50 if quick else 10000)
+    # the soak is bounded by frames: a slow, shared machine takes longer but is judged on the same work
+    args.seconds = args.seconds or (600.0 if quick else 180.0 if args.overload else float("inf"))
     args.warmup = args.warmup if args.warmup is not None else (30 if quick else 500)
     args.probe_every = args.probe_every or (10 if quick else 100)
     args.sample_s = args.sample_s or (1.0 if quick else 2.0 if args.overload else 5.0)
@@ -739,7 +741,7 @@ def criteria(r: dict, args) -> dict:
         c["every model served every frame"] = {
             "ok": r["frames_lost"] == 0 and min(served.values()) >= r["frames_published"],
             "value": {"published": r["frames_published"], "lost": r["frames_lost"], "served": served}}
-        if r["mode"] == "soak":
+        if r["mode"] in ("soak", "quick"):
             c[f"served >= {args.frames} frames per model"] = {"ok": min(served.values()) >= args.frames,
                                                             "value": served}
     return c
