@@ -1,7 +1,8 @@
 """The `perception` executable: one process hosting the SwapCoordinator and its model nodes.
 
 Models sharing one budget must share one process (one arena; on Jetson every CUDA context costs
-hundreds of MB), and rclpy has no component container, so they run on one MultiThreadedExecutor.
+hundreds of MB), and rclpy has no component container, so the nodes share the process: the model
+nodes' frame intake on one single-threaded executor in a thread of its own, the coordinator on another.
   perception --ros-args --params-file config/perception.yaml
 """
 
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 
 from swapnet_ros.lifecycle_util import stops_quietly_on_shutdown
 from swapnet_ros.coordinator import SwapCoordinator
@@ -33,9 +35,17 @@ def _serve(args) -> None:
     rclpy.init(args=args)
     coordinator = SwapCoordinator()
     nodes = [SwapModelNode(name, coordinator) for name in coordinator.get_parameter("models").value]
-    executor = MultiThreadedExecutor(num_threads=4)
-    for node in [coordinator, *nodes]:
-        executor.add_node(node)
+    # Two single-threaded executors, not one MultiThreadedExecutor: under the inference thread's load,
+    # rclpy's MultiThreadedExecutor left frames untaken for seconds, so the subscriptions' queues
+    # overwrote them uncounted (bench/soak.py --overload: half the frames lost, a third of the
+    # throughput; RELIABILITY.md). Intake has its own thread so that a coordinator transition
+    # (converting a store can take minutes) never stalls it.
+    control, intake = SingleThreadedExecutor(), SingleThreadedExecutor()
+    control.add_node(coordinator)
+    for node in nodes:
+        intake.add_node(node)
+    intake_thread = threading.Thread(target=_spin, args=(intake,), name="frame-intake", daemon=True)
+    intake_thread.start()
     try:
         with stops_quietly_on_shutdown():
             if coordinator.get_parameter("autostart").value:  # like nav2's lifecycle manager
@@ -45,15 +55,21 @@ def _serve(args) -> None:
                     coordinator.get_logger().error("autostart: configure failed; staying unconfigured")
                 elif coordinator.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                     coordinator.get_logger().error("autostart: activate failed")
-            executor.spin()
+            control.spin()
     finally:
         coordinator.serving = False
         coordinator._release(collect=False)  # finishes the job in flight, frees the arena
-        executor.shutdown()
+        intake.shutdown()
+        control.shutdown()
+        intake_thread.join(timeout=5.0)
         for node in [*nodes, coordinator]:
             node.destroy_node()
         rclpy.try_shutdown()
 
+
+def _spin(executor) -> None:
+    with stops_quietly_on_shutdown():
+        executor.spin()
 
 if __name__ == "__main__":
     sys.exit(main())
