@@ -267,6 +267,7 @@ class Driver:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         counters = {m.name: {"jobs_done": m.jobs_done, "drops": m.drops, "deadline_misses": m.deadline_misses,
                              "errors": m.errors, "malformed_inputs": m.malformed_inputs,
+                             "frames_received": m.frames_received, "lost_before_intake": m.lost_before_intake,
                              "p50_ms": m.latency_p50_ms, "p95_ms": m.latency_p95_ms, "p99_ms": m.latency_p99_ms,
                              "peak_resident_bytes": m.peak_resident_bytes, "budget_bytes": m.budget_bytes,
                              "min_budget_bytes": m.min_budget_bytes, "num_blocks": m.num_blocks,
@@ -500,6 +501,8 @@ def run_overload(d: Driver, args, bar) -> dict:
         jobs = c1["jobs_done"] - c0["jobs_done"]
         drops = c1["drops"] - c0["drops"]
         per_model[m] = {"published": published, "served_received": served[m], "jobs_done": jobs, "drops": drops,
+                        "frames_received": c1["frames_received"] - c0["frames_received"],
+                        "lost_before_intake": c1["lost_before_intake"] - c0["lost_before_intake"],
                         "unaccounted": published - jobs - drops, "max_backlog": backlog_max[m],
                         "deadline_misses": c1["deadline_misses"] - c0["deadline_misses"],
                         "errors": c1["errors"], "status_p99_ms": c1["p99_ms"],
@@ -755,10 +758,13 @@ def print_table(r: dict) -> None:
     if r["mode"] == "overload":
         print(f"serviceable {r['serviceable_fps']:.2f} frames/s, target {r['target_fps']:.2f}, "
               f"achieved {r['achieved_fps']:.2f}; {r['frames_published']} frames published")
-        print(f"{'model':<14}{'served':>8}{'drops':>8}{'diag':>8}{'backlog':>9}{'lost':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+        # drops include the frames lost before intake; unaccounted = published - served - drops
+        print(f"{'model':<14}{'served':>8}{'drops':>8}{'diag':>8}{'pre-intake':>11}{'backlog':>9}{'unacc.':>7}"
+              f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
         for m, v in r["per_model"].items():
             lat = r["latency"][m]
-            print(f"{m:<14}{v['jobs_done']:>8}{v['drops']:>8}{str(v['diagnostics_drops']):>8}{v['max_backlog']:>9}{v['unaccounted']:>6}"
+            print(f"{m:<14}{v['jobs_done']:>8}{v['drops']:>8}{str(v['diagnostics_drops']):>8}{v.get('lost_before_intake', '-'):>11}"
+                  f"{v['max_backlog']:>9}{v['unaccounted']:>7}"
                   f"{lat['p50_ms'] or 0:>9.0f}{lat['p95_ms'] or 0:>9.0f}{lat['p99_ms'] or 0:>9.0f}")
     else:
         print(f"frames published {r['frames_published']} (+ probes), lost {r['frames_lost']}")

@@ -218,7 +218,9 @@ class SwapCoordinator(LifecycleNode):
             for field in ("p50", "p95", "p99"):
                 setattr(st, f"latency_{field}_ms", float(m.get(f"{field}_ms") or 0.0))
             st.jobs_done, st.deadline_misses = int(m.get("jobs_done", 0)), int(m.get("deadline_misses", 0))
-            st.drops, st.errors = int(m.get("drops", 0)) + node.dropped_inactive, int(m.get("errors", 0))
+            st.frames_received, st.lost_before_intake = node.frames_received, node.lost_before_intake
+            st.drops = int(m.get("drops", 0)) + node.dropped_inactive + node.lost_before_intake
+            st.errors = int(m.get("errors", 0))
             st.malformed_inputs = node.malformed_count()
             st.last_error = m.get("last_error", "") or node.last_input_error
             msg.models.append(st)
@@ -245,7 +247,8 @@ class SwapCoordinator(LifecycleNode):
             level=level, name=f"swapnet/{st.name}", hardware_id=self.get_name(), message=message,
             values=[KeyValue(key=k, value=str(getattr(st, k))) for k in (
                 "state", "budget_bytes", "min_budget_bytes", "peak_resident_bytes", "num_blocks", "jobs_done",
-                "deadline_misses", "drops", "malformed_inputs", "errors", "last_error")])
+                "deadline_misses", "drops", "malformed_inputs", "errors", "frames_received", "lost_before_intake",
+                "last_error")])
 
     def _state_label(self) -> str:
         try:

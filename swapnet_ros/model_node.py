@@ -17,6 +17,7 @@ import torch
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image
 
 from swapnet_core.sizes import format_bytes
@@ -68,6 +69,11 @@ class SwapModelNode(Node):
         self.malformed: dict[str, int] = {}
         self.last_input_error = ""
         self.dropped_inactive = 0
+        self.frames_received = 0
+        # frames a publisher sent that never reached this callback: overwritten in the subscription's
+        # queue (sensor-data QoS keeps 5) or lost on the network; found from gaps in its sequence numbers
+        self.lost_before_intake = 0
+        self._last_sequence: dict[bytes, int] = {}
         self._period = None  # measured input period, seconds (EMA)
         self._last_arrival = None
         self._lock = threading.Lock()
@@ -111,8 +117,10 @@ class SwapModelNode(Node):
         return SetParametersResult(successful=True)
 
     # -- frames --------------------------------------------------------------------------------
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image, info: MessageInfo) -> None:
         arrival = time.monotonic()
+        self.frames_received += 1
+        self._count_lost_before_intake(info)
         if self._last_arrival is not None:
             gap = arrival - self._last_arrival
             self._period = gap if self._period is None else 0.8 * self._period + 0.2 * gap
@@ -139,6 +147,17 @@ class SwapModelNode(Node):
             return
         header, size, net_size = msg.header, rgb.shape[:2], tuple(x.shape[2:])
         future.add_done_callback(lambda f: self._publish(f, header, size, net_size))
+
+    def _count_lost_before_intake(self, info: MessageInfo) -> None:
+        sequence, gid = info.get("publication_sequence_number"), info.get("publisher_gid")
+        if not sequence or not gid:  # an rmw that does not report them: nothing to count
+            return
+        key = bytes(gid["data"])
+        last = self._last_sequence.get(key)
+        if last is None or sequence > last:  # the first frame of a publisher sets the baseline
+            if last is not None:
+                self.lost_before_intake += sequence - last - 1
+            self._last_sequence[key] = sequence
 
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.get_parameter("input_size").value

@@ -414,35 +414,102 @@ def test_budget_toggled_fast_while_frames_are_served(client):
 
 
 def test_overload_drops_are_counted_in_status_and_diagnostics(client):
+    """Every frame sent is served or counted as a drop, including those overwritten in the node's
+    subscription queue before its callback took them (found from the publisher's sequence numbers)."""
     from diagnostic_msgs.msg import DiagnosticStatus
 
     c = client
     served(c)
     c.spin(1.0)
-    base = {n: (c.model(n).jobs_done, c.model(n).drops) for n in ("detection", "segmentation")}
+    names = ("detection", "segmentation")
+    counters = ("jobs_done", "drops", "frames_received", "lost_before_intake")
+    base = {n: {k: getattr(c.model(n), k) for k in counters} for n in names}
     t0, first_diag = time.monotonic(), len(c.diag)
     sent = c.pump(300, 2.0)  # as fast as this loop can publish: far beyond two networks in turn
     offered = sent / (time.monotonic() - t0)
-    c.status.clear()
-    c.spin(1.5)
-    wait_for(c, lambda: c.model("detection") is not None, 10, "a status")
-    figures = {}
-    for n, (done0, drops0) in base.items():
+
+    def delta(n):
         m = c.model(n)
-        done, drops = m.jobs_done - done0, m.drops - drops0
-        figures[n] = (done, drops)
-        assert drops > 0, f"{n}: no drops counted under {offered:.0f} frames/s"
-        assert done + drops <= sent, (n, done, drops, sent)
-        assert offered >= 3 * done / 2.0, f"{n}: not an overload ({offered:.0f}/s offered, {done / 2:.1f}/s served)"
+        return {k: getattr(m, k) - base[n][k] for k in counters}
+
+    def accounted(n):
+        d = delta(n)
+        return d["jobs_done"] + d["drops"] == sent and d["frames_received"] + d["lost_before_intake"] == sent
+
+    c.status.clear()
+    try:
+        wait_for(c, lambda: c.model("detection") is not None and all(accounted(n) for n in names), 20,
+                 "every frame sent to be served or counted as dropped")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {sent} sent, {({n: delta(n) for n in names} if c.model('detection') else {})}") from None
+    figures = {n: delta(n) for n in names}
+    for n, d in figures.items():
+        assert d["drops"] > 0, f"{n}: no drops counted under {offered:.0f} frames/s"
+        assert d["lost_before_intake"] <= d["drops"], (n, d)
+        assert offered >= 3 * d["jobs_done"] / 2.0, f"{n}: not an overload ({offered:.0f}/s offered, {d['jobs_done'] / 2:.1f}/s served)"
     warned = [s for d in c.diag[first_diag:] for s in d.status
               if s.level == DiagnosticStatus.WARN and "dropped" in s.message]
     assert warned, "no WARN with the drops on /diagnostics"
     s = c.diagnostic("detection")
-    assert {kv.key for kv in s.values} >= {"drops", "deadline_misses", "errors", "state"}
-    print(f"\noverload: {sent} frames at {offered:.0f}/s over 2 s; (served, dropped): {figures}")
+    assert {kv.key for kv in s.values} >= {"drops", "deadline_misses", "errors", "state", "lost_before_intake"}
+    print(f"\noverload: {sent} frames at {offered:.0f}/s over 2 s; {figures}")
     c.diag.clear()
     c.spin(1.5)  # no frames: no new drops, back to OK
     assert c.diagnostic("detection").level == DiagnosticStatus.OK, c.diagnostic("detection").message
+
+
+def test_frames_overwritten_before_intake_are_counted_as_drops(ros_env):
+    """A burst published while the node's executor is busy overflows its subscription queue
+    (sensor-data QoS keeps 5); the overwritten frames never reach the callback, and are counted from
+    the publisher's sequence numbers, in the node and in the status."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from swapnet_ros.coordinator import SwapCoordinator
+    from swapnet_ros.image_codec import make_image
+    from swapnet_ros.model_node import SwapModelNode
+    from swapnet_ros.msg import CoordinatorStatus
+
+    topic = "/burst/image_raw"
+    coordinator = SwapCoordinator("burst_coordinator", parameter_overrides=[Parameter("models", value=["burst"])])
+    node = SwapModelNode("burst", coordinator, task="detection", parameter_overrides=[Parameter("input_topic", value=topic)])
+    client = rclpy.create_node("burst_client")
+    statuses = []
+    client.create_subscription(CoordinatorStatus, "/burst_coordinator/status", statuses.append, 10)
+    pub = client.create_publisher(Image, topic, qos_profile_sensor_data)
+    intake = SingleThreadedExecutor()
+    intake.add_node(node)
+
+    def spin_until(condition, what, timeout=10.0):
+        end = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            intake.spin_once(timeout_sec=0.02)
+            rclpy.spin_once(client, timeout_sec=0.02)
+
+    try:
+        spin_until(lambda: pub.get_subscription_count() >= 1, "the node to subscribe")
+        frame = make_image(None, np.zeros((8, 8, 3), np.uint8), "rgb8")
+        pub.publish(frame)  # the publisher's first frame: the baseline of its sequence numbers
+        spin_until(lambda: node.frames_received == 1, "the first frame")
+        burst = 20
+        for _ in range(burst):  # nothing takes them meanwhile
+            pub.publish(frame)
+        time.sleep(0.5)
+        spin_until(lambda: node.frames_received + node.lost_before_intake == 1 + burst, "the burst to be accounted")
+        assert node.lost_before_intake >= burst - 10, (node.frames_received, node.lost_before_intake)
+        coordinator.publish_status()  # not serving: every frame that arrived is dropped too
+        spin_until(lambda: statuses, "a status")
+        st = statuses[-1].models[0]
+        assert (st.frames_received, st.lost_before_intake) == (node.frames_received, node.lost_before_intake)
+        assert st.drops == 1 + burst and st.jobs_done == 0
+    finally:
+        intake.shutdown()
+        for n in (node, coordinator, client):
+            n.destroy_node()
 
 
 def store_of(store_dir, ref):
