@@ -3,7 +3,8 @@
 A model reference names how to build a network, never where to download it:
   torchvision:NAME[?key=value&...]       any torchvision model builder, weights=None
   transformers:PRESET | transformers:PATH   a preset below, or a local config.json / folder holding one
-  package.module:factory[?key=value&...]   a user's own factory returning an nn.Module
+  package.module:factory[?key=value&...]   a user's own factory returning an nn.Module, marked with
+                                           @model_factory (only marked functions are ever called)
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ class ModelSpec:
         if not isinstance(model, nn.Module):
             raise ModelRefError(f"{self.ref}: the factory returned {type(model).__name__}, not an nn.Module")
         return model.eval()
+
+
+def model_factory(fn: Callable | None = None, *, task: str = "other", call: str = CALL_TENSOR,
+                  example_input: str = "random:1x3x224x224"):
+    """Mark a function returning an nn.Module as one that `package.module:factory` references may name.
+
+    A store's manifest carries its model reference, so a store from elsewhere could otherwise name any
+    importable function with arguments of its choosing (`os:system?command=...`): unmarked functions
+    are refused, never called. `task`, `call` (how the model takes an image batch) and `example_input`
+    are the defaults `swapnet convert` uses.
+
+        @model_factory(task="detection", call="image_list")
+        def my_detector(num_classes=91): ...
+    """
+    if call not in (CALL_TENSOR, CALL_IMAGE_LIST, CALL_PIXEL_VALUES):
+        raise ValueError(f"call must be one of {CALL_TENSOR}, {CALL_IMAGE_LIST}, {CALL_PIXEL_VALUES}, got {call!r}")
+
+    def mark(f: Callable) -> Callable:
+        f.swapnet_factory, f.swapnet_task, f.swapnet_call, f.swapnet_input = True, task, call, example_input
+        return f
+
+    return mark(fn) if fn is not None else mark
 
 
 def call_model(model: Callable, call: str, x: torch.Tensor):
@@ -167,6 +190,10 @@ def _factory(ref: str, module_name: str, rest: str) -> ModelSpec:
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ModelRefError(f"{ref!r}: {module_name!r} has no factory {name!r}")
+    if getattr(fn, "swapnet_factory", False) is not True:
+        raise ModelRefError(f"{ref!r}: {module_name}.{name} is not marked as a model factory, so it is not called "
+                            f"(decorate it with @swapnet_core.model_factory; a store's manifest names its factory, "
+                            f"and an unmarked function could be anything)")
     task = getattr(fn, "swapnet_task", "other")
     call = getattr(fn, "swapnet_call", CALL_TENSOR)
     default = getattr(fn, "swapnet_input", "random:1x3x224x224")

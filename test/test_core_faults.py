@@ -389,6 +389,33 @@ def test_paths_that_are_not_stores_are_refused_clearly(tmp_path, convert_once):
         BlockStore(swapped)
 
 
+def test_a_store_naming_an_unmarked_function_is_refused_without_calling_it(tmp_path, convert_once):
+    """A store's manifest names the factory that rebuilds its network: a store from elsewhere could name
+    any importable function with arguments of its choosing. Only @model_factory functions are called."""
+    from swapnet_core import ModelRefError
+    from swapnet_core.models import resolve
+
+    real = convert_once("toy_models:branchy", "random:1x3x16x16")
+    evil = tmp_path / "evil"
+    shutil.copytree(real.path, evil)
+    marker = tmp_path / "ran"
+    manifest = json.loads((evil / "manifest.json").read_text())
+    manifest["architecture"]["ref"] = f"os:system?command='touch {marker}'"
+    (evil / "manifest.json").write_text(json.dumps(manifest))
+    store = BlockStore(evil)  # the layout is sound: only the reference is refused, when it would be used
+    with pytest.raises(ModelRefError, match="not marked as a model factory"):
+        SwapModel(store, store.total_bytes)
+    with pytest.raises(ModelRefError, match="not marked as a model factory"):
+        load_resident(store)
+    cli = run_python("import sys; from swapnet_core.cli import main; sys.exit(main(sys.argv[1:]))",
+                     "run", evil, "--budget", "1/2", "--repeat", "1")
+    assert cli.returncode != 0 and "not marked as a model factory" in cli.stderr and "Traceback" not in cli.stderr
+    assert not marker.exists()
+    with pytest.raises(ModelRefError, match="not marked"):
+        resolve("toy_models:Branchy")  # a class is callable too: not marked, not called
+    assert resolve("toy_models:branchy").build() is not None  # the marked factory still works
+
+
 # -- 6. the store changed under a running model --------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ Referenced as `toy_models:NAME` (the tests put this folder on the import path).
 import torch
 from torch import nn
 
+from swapnet_core import model_factory
+
 
 class ClassToken(nn.Module):
     """ViT-like: a container's own tensors used after a child ran, and an unused one."""
@@ -106,26 +108,32 @@ def _randomize_bn(model):
     return model
 
 
+@model_factory
 def class_token():
     return ClassToken()
 
 
+@model_factory
 def shared_head():
     return SharedHead()
 
 
+@model_factory
 def tied():
     return Tied()
 
 
+@model_factory
 def escaping():
     return Escaping()
 
 
+@model_factory
 def branchy():
     return _randomize_bn(Branchy())
 
 
+@model_factory
 def broken():
     raise RuntimeError("this factory always fails")
 
@@ -187,17 +195,21 @@ class ListHolder(nn.Module):
         return self.lin(x.flatten(1)[:, :8]) + self.table[0]
 
 
+@model_factory
 def detour():
     return Detour()
 
 
+@model_factory
 def fetch_before():
     return FetchBefore()
 
 
+@model_factory
 def counter():
     return Counter()
 
 
+@model_factory
 def list_holder():
     return ListHolder()
