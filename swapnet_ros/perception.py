@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import traceback
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -21,17 +22,18 @@ from swapnet_ros.model_node import SwapModelNode
 
 
 def main(args=None) -> int:
-    _serve(args)
+    intake_failed = _serve(args)
     # The DDS participant (and its /dev/shm segments) goes when the last rclpy handle of the context
     # does; the nodes hold cycles, so collect them now that _serve's frame is gone. Then skip Python's
     # final full collection, which spends seconds finalizing torch's objects (memory the OS takes back).
     gc.collect()
     rclpy.get_default_context().destroy()
     gc.freeze()
-    return 0
+    return 1 if intake_failed else 0
 
 
-def _serve(args) -> None:
+def _serve(args) -> bool:
+    """Runs until shutdown; True if frame intake failed."""
     rclpy.init(args=args)
     coordinator = SwapCoordinator()
     nodes = [SwapModelNode(name, coordinator) for name in coordinator.get_parameter("models").value]
@@ -44,7 +46,9 @@ def _serve(args) -> None:
     control.add_node(coordinator)
     for node in nodes:
         intake.add_node(node)
-    intake_thread = threading.Thread(target=_spin, args=(intake,), name="frame-intake", daemon=True)
+    intake_failure: list[BaseException] = []
+    intake_thread = threading.Thread(target=spin_intake, args=(intake, intake_failure, coordinator.get_logger()),
+                                     name="frame-intake", daemon=True)
     intake_thread.start()
     try:
         with stops_quietly_on_shutdown():
@@ -58,18 +62,29 @@ def _serve(args) -> None:
             control.spin()
     finally:
         coordinator.serving = False
-        coordinator._release(collect=False)  # finishes the job in flight, frees the arena
-        intake.shutdown()
-        control.shutdown()
+        intake.shutdown()  # no new frames; then the job in flight finishes and the arena is freed
         intake_thread.join(timeout=5.0)
+        if intake_thread.is_alive():
+            coordinator.get_logger().warning("frame intake did not stop within 5 s")
+        coordinator._release(collect=False)
+        control.shutdown()
         for node in [*nodes, coordinator]:
             node.destroy_node()
         rclpy.try_shutdown()
+    return bool(intake_failure)
 
 
-def _spin(executor) -> None:
-    with stops_quietly_on_shutdown():
-        executor.spin()
+def spin_intake(executor, failure: list, logger) -> None:
+    """Spin the model nodes' executor. An unexpected error in a callback ends the whole process (exit 1,
+    which launch or a supervisor sees) instead of leaving it up with nobody taking frames."""
+    try:
+        with stops_quietly_on_shutdown():
+            executor.spin()
+    except Exception as e:  # noqa: BLE001 - anything that escaped a callback
+        logger.fatal(f"frame intake failed, stopping: {e!r}\n{traceback.format_exc()}")
+        failure.append(e)
+        rclpy.try_shutdown(context=executor.context)
+
 
 if __name__ == "__main__":
     sys.exit(main())
