@@ -18,7 +18,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
 from swapnet_core import BlockStore, SwapNetError, convert
 from swapnet_core.errors import BudgetError
-from swapnet_core.scheduler import POLICIES, Scheduler
+from swapnet_core.scheduler import POLICIES, Scheduler, SchedulerClosed
 from swapnet_core.sizes import format_bytes
 from swapnet_ros.msg import CoordinatorStatus, ModelStatus
 from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes
@@ -68,6 +68,7 @@ class SwapCoordinator(LifecycleNode):
         accept_integers_as_doubles(self, ["total_budget_mb"])
         self.clients_by_name: dict = {}
         self._seen: dict[str, tuple] = {}  # per model: (drops, misses, malformed) at the last status
+        self._inputs_at_configure: dict[str, dict] = {}  # model nodes' counters: status counts from configure
         self.scheduler: Scheduler | None = None
         self.serving = False
         self._status_pub = self.create_publisher(CoordinatorStatus, "~/status", 10)
@@ -80,9 +81,13 @@ class SwapCoordinator(LifecycleNode):
 
     def submit(self, name: str, x, deadline: float | None):
         """A future for the model's output, or None when not serving (the frame is dropped)."""
-        if not self.serving or self.scheduler is None:
+        sched = self.scheduler  # once: cleanup, shutdown or an error may clear it on another thread
+        if not self.serving or sched is None:
             return None
-        return self.scheduler.submit(name, x, deadline)
+        try:
+            return sched.submit(name, x, deadline)
+        except SchedulerClosed:  # closed between the check and the submit: not serving any more
+            return None
 
     def request_budget(self, name: str, budget_bytes: int) -> str | None:
         """Apply a model's new budget at the next job boundary; the reason if refused."""
@@ -122,6 +127,7 @@ class SwapCoordinator(LifecycleNode):
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         self.scheduler = sched
+        self._inputs_at_configure = {name: node.input_counters() for name, node in self.clients_by_name.items()}
         m = sched.metrics()["models"]
         for name, info in m.items():
             self.get_logger().info(f"{name}: budget {format_bytes(info['budget_bytes'])}, {info['blocks']} blocks, "
@@ -218,10 +224,12 @@ class SwapCoordinator(LifecycleNode):
             for field in ("p50", "p95", "p99"):
                 setattr(st, f"latency_{field}_ms", float(m.get(f"{field}_ms") or 0.0))
             st.jobs_done, st.deadline_misses = int(m.get("jobs_done", 0)), int(m.get("deadline_misses", 0))
-            st.frames_received, st.lost_before_intake = node.frames_received, node.lost_before_intake
-            st.drops = int(m.get("drops", 0)) + node.dropped_inactive + node.lost_before_intake
+            now, base = node.input_counters(), self._inputs_at_configure.get(name, {})
+            inputs = {k: v - base.get(k, 0) for k, v in now.items()}  # like the scheduler's, from configure
+            st.frames_received, st.lost_before_intake = inputs["frames_received"], inputs["lost_before_intake"]
+            st.drops = int(m.get("drops", 0)) + inputs["dropped_inactive"] + inputs["lost_before_intake"]
             st.errors = int(m.get("errors", 0))
-            st.malformed_inputs = node.malformed_count()
+            st.malformed_inputs = inputs["malformed_inputs"]
             st.last_error = m.get("last_error", "") or node.last_input_error
             msg.models.append(st)
             diag.status.append(self._diagnostic(st))

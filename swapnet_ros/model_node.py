@@ -73,7 +73,7 @@ class SwapModelNode(Node):
         # frames a publisher sent that never reached this callback: overwritten in the subscription's
         # queue (sensor-data QoS keeps 5) or lost on the network; found from gaps in its sequence numbers
         self.lost_before_intake = 0
-        self._last_sequence: dict[bytes, int] = {}
+        self._sequences: dict[bytes, tuple[int, int]] = {}  # per publisher: (first, highest) seen
         self._period = None  # measured input period, seconds (EMA)
         self._last_arrival = None
         self._lock = threading.Lock()
@@ -150,14 +150,23 @@ class SwapModelNode(Node):
 
     def _count_lost_before_intake(self, info: MessageInfo) -> None:
         sequence, gid = info.get("publication_sequence_number"), info.get("publisher_gid")
-        if not sequence or not gid:  # an rmw that does not report them: nothing to count
+        if not sequence or not gid or sequence >= 2**63:  # an rmw that does not report them (Cyclone: UINT64_MAX)
             return
         key = bytes(gid["data"])
-        last = self._last_sequence.get(key)
-        if last is None or sequence > last:  # the first frame of a publisher sets the baseline
-            if last is not None:
-                self.lost_before_intake += sequence - last - 1
-            self._last_sequence[key] = sequence
+        first, highest = self._sequences.pop(key, (sequence, sequence - 1))  # the first frame sets the baseline
+        if sequence > highest:
+            self.lost_before_intake += sequence - highest - 1
+            highest = sequence
+        elif sequence > first:  # late, out of order: it was counted lost when a later one came first
+            self.lost_before_intake -= 1
+        self._sequences[key] = (first, highest)  # re-inserted last: the oldest publishers go first
+        if len(self._sequences) > 64:  # publishers come and go (restarts): keep the recent ones
+            del self._sequences[next(iter(self._sequences))]
+
+    def input_counters(self) -> dict[str, int]:
+        """Frames as this node saw them, counted since it started."""
+        return {"frames_received": self.frames_received, "lost_before_intake": self.lost_before_intake,
+                "dropped_inactive": self.dropped_inactive, "malformed_inputs": self.malformed_count()}
 
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.get_parameter("input_size").value

@@ -420,9 +420,15 @@ def test_overload_drops_are_counted_in_status_and_diagnostics(client):
 
     c = client
     served(c)
-    c.spin(1.0)
     names = ("detection", "segmentation")
     counters = ("jobs_done", "drops", "frames_received", "lost_before_intake")
+
+    def settled(n):  # no frame of this node in the scheduler or running
+        m = c.model(n)
+        return m is not None and m.jobs_done + m.drops + m.errors == m.frames_received + m.lost_before_intake
+
+    c.status.clear()
+    wait_for(c, lambda: all(settled(n) for n in names), 20, "the frames sent so far to be served")
     base = {n: {k: getattr(c.model(n), k) for k in counters} for n in names}
     t0, first_diag = time.monotonic(), len(c.diag)
     sent = c.pump(300, 2.0)  # as fast as this loop can publish: far beyond two networks in turn
@@ -458,6 +464,73 @@ def test_overload_drops_are_counted_in_status_and_diagnostics(client):
     assert c.diagnostic("detection").level == DiagnosticStatus.OK, c.diagnostic("detection").message
 
 
+def test_lost_frames_are_counted_from_sequence_gaps_and_late_ones_taken_back(ros_env):
+    """Per publisher: the first frame sets the baseline, a gap counts as lost, a frame arriving late
+    (out of order, best effort) un-counts itself, and an rmw without sequence numbers counts nothing."""
+    from rclpy.parameter import Parameter
+
+    from swapnet_ros.coordinator import SwapCoordinator
+    from swapnet_ros.model_node import SwapModelNode
+
+    coordinator = SwapCoordinator("seq_coordinator", parameter_overrides=[Parameter("models", value=["seq"])])
+    node = SwapModelNode("seq", coordinator, task="detection")
+    try:
+        def see(seq, publisher=b"a"):
+            node._count_lost_before_intake({"publication_sequence_number": seq,
+                                            "publisher_gid": {"data": publisher * 16}})
+            return node.lost_before_intake
+
+        assert [see(q) for q in (5, 6, 9, 7, 10, 8, 3)] == [0, 0, 2, 1, 1, 0, 0]
+        assert [see(q, b"b") for q in (100, 104)] == [0, 3]  # another publisher, its own baseline
+        assert see(2**64 - 1, b"c") == 3 and see(0, b"c") == 3 and see(None) == 3  # not reported: nothing counted
+        for k in range(100):  # publishers come and go: the table stays bounded
+            see(1, bytes([k % 256]) * 2)
+        assert len(node._sequences) <= 64
+    finally:
+        node.destroy_node()
+        coordinator.destroy_node()
+
+
+def test_an_error_escaping_an_intake_callback_stops_the_process(ros_env):
+    """Frame intake runs in a thread of its own: if a callback raises, the process must not stay up
+    with nobody taking frames. spin_intake records the failure and shuts the context down, which ends
+    the coordinator's spin on the main thread (perception then exits with 1)."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import Empty
+
+    from swapnet_ros.perception import spin_intake
+
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("failing_intake", context=context)
+
+    def callback(msg):
+        raise RuntimeError("a bug in a callback")
+
+    node.create_subscription(Empty, "/failing_intake/in", callback, 10)
+    pub = node.create_publisher(Empty, "/failing_intake/in", 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    failure = []
+    thread = threading.Thread(target=spin_intake, args=(executor, failure, node.get_logger()), daemon=True)
+    thread.start()
+    try:
+        end = time.monotonic() + 10
+        while not failure and time.monotonic() < end:
+            pub.publish(Empty())
+            time.sleep(0.1)
+        thread.join(10)
+        assert not thread.is_alive()
+        assert len(failure) == 1 and "a bug in a callback" in str(failure[0])
+        assert not context.ok()  # the main thread's spin on this context ends
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
 def test_frames_overwritten_before_intake_are_counted_as_drops(ros_env):
     """A burst published while the node's executor is busy overflows its subscription queue
     (sensor-data QoS keeps 5); the overwritten frames never reach the callback, and are counted from
@@ -473,6 +546,8 @@ def test_frames_overwritten_before_intake_are_counted_as_drops(ros_env):
     from swapnet_ros.model_node import SwapModelNode
     from swapnet_ros.msg import CoordinatorStatus
 
+    if rclpy.get_rmw_implementation_identifier() not in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp", "rmw_zenoh_cpp"):
+        pytest.skip("this rmw does not report publication sequence numbers")
     topic = "/burst/image_raw"
     coordinator = SwapCoordinator("burst_coordinator", parameter_overrides=[Parameter("models", value=["burst"])])
     node = SwapModelNode("burst", coordinator, task="detection", parameter_overrides=[Parameter("input_topic", value=topic)])
