@@ -68,6 +68,8 @@ def model_factory(fn: Callable | None = None, *, task: str = "other", call: str 
         raise ValueError(f"call must be one of {CALL_TENSOR}, {CALL_IMAGE_LIST}, {CALL_PIXEL_VALUES}, got {call!r}")
 
     def mark(f: Callable) -> Callable:
+        if not inspect.isfunction(f):  # a class's mark would pass to every subclass
+            raise TypeError(f"@model_factory marks functions, not {type(f).__name__} objects")
         f.swapnet_factory, f.swapnet_task, f.swapnet_call, f.swapnet_input = True, task, call, example_input
         return f
 
@@ -190,7 +192,7 @@ def _factory(ref: str, module_name: str, rest: str) -> ModelSpec:
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ModelRefError(f"{ref!r}: {module_name!r} has no factory {name!r}")
-    if getattr(fn, "swapnet_factory", False) is not True:
+    if not (inspect.isfunction(fn) and vars(fn).get("swapnet_factory") is True):  # its own mark, not inherited
         raise ModelRefError(f"{ref!r}: {module_name}.{name} is not marked as a model factory, so it is not called "
                             f"(decorate it with @swapnet_core.model_factory; a store's manifest names its factory, "
                             f"and an unmarked function could be anything)")

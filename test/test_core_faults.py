@@ -414,6 +414,11 @@ def test_a_store_naming_an_unmarked_function_is_refused_without_calling_it(tmp_p
     with pytest.raises(ModelRefError, match="not marked"):
         resolve("toy_models:Branchy")  # a class is callable too: not marked, not called
     assert resolve("toy_models:branchy").build() is not None  # the marked factory still works
+    import toy_models
+    from swapnet_core import model_factory
+
+    with pytest.raises(TypeError, match="marks functions"):
+        model_factory(toy_models.Branchy)  # a class's mark would pass to every subclass
 
 
 # -- 6. the store changed under a running model --------------------------------------------------------
