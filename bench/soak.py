@@ -15,7 +15,7 @@ real DDS, fed by a feeder node in this process.
   machine's /dev/shm entries) are sampled. Prints a table, writes its section of --out (JSON) and a
   plot of RSS and latency over time next to it.
 
-  python bench/soak.py --quick            # CI-sized: 50 frames per model (~40 s here) after start-up
+  python bench/soak.py --quick            # CI-sized: 100 frames per model (~30 s here) after start-up
   python bench/soak.py                    # the full soak: 10,000 frames served per model
   python bench/soak.py --overload         # 3x the serviceable rate for 180 s
 (after `bash scripts/build_ros.sh` and `source scripts/ros_env.sh`). Exit status 1 if a criterion fails.
@@ -55,9 +55,9 @@ PROBE_ID = "probe"
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="CI-sized soak: 50 frames per model, looser warm-up")
+    ap.add_argument("--quick", action="store_true", help="CI-sized soak: 100 frames per model, looser warm-up")
     ap.add_argument("--overload", action="store_true", help="3x the serviceable rate instead of the soak")
-    ap.add_argument("--frames", type=int, help="soak: frames per model (default 10000; quick: 50)")
+    ap.add_argument("--frames", type=int, help="soak: frames per model (default 10000; quick: 100)")
     ap.add_argument("--seconds", type=float, help="soak: stop feeding after this long even if short of --frames, which then fails "
                                                      "(quick: 600, a ceiling for a hung run, not a speed target); "
                                                      "overload: length of the overload (default 180)")
@@ -73,7 +73,7 @@ def parse_args(argv=None):
     quick = args.quick
     args.out = args.out or str(ROOT / "bench" / "results" / ("soak_quick.json" if quick else "soak.json"))
     args.mode = "overload" if args.overload else ("quick" if quick else "soak")
-    args.frames = args.frames or (50 if quick else 10000)
+    args.frames = args.frames or (100 if quick else 10000)
     # the soak is bounded by frames: a slow, shared machine takes longer but is judged on the same work
     args.seconds = args.seconds or (600.0 if quick else 180.0 if args.overload else float("inf"))
     args.warmup = args.warmup if args.warmup is not None else (30 if quick else 500)

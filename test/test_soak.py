@@ -52,7 +52,7 @@ def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("soak") / "soak.json"
     env = dict(os.environ)
     env.pop("ROS_DOMAIN_ID", None)  # the script picks a domain of its own
-    proc = subprocess.run([sys.executable, str(SOAK), "--quick", "--frames", "45", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(SOAK), "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=900, cwd=out.parent)
     assert out.is_file(), f"no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     result = json.loads(out.read_text())["quick"]
@@ -68,7 +68,7 @@ def test_quick_soak_meets_every_criterion(quick):
 
 def test_quick_soak_served_every_frame_with_weights_3x_the_budget(quick):
     assert quick["oversubscription"] >= 3.0
-    assert quick["frames_published"] >= 45, quick["_stdout"]  # a frame quota, not a rate: no timing here
+    assert quick["frames_published"] >= 100, quick["_stdout"]  # a frame quota, not a rate: no timing here
     assert quick["frames_lost"] == 0
     for model, served in quick["served_per_model"].items():
         assert served == quick["frames_published"], model
