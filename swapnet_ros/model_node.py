@@ -100,9 +100,6 @@ class SwapModelNode(Node):
         h, w = self.get_parameter("input_size").value
         return self._preprocess(torch.rand(1, 3, h or 240, w or 320))
 
-    def malformed_count(self) -> int:
-        return sum(self.malformed.values())
-
     # -- parameters ----------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
         for p in params:
@@ -166,7 +163,7 @@ class SwapModelNode(Node):
     def input_counters(self) -> dict[str, int]:
         """Frames as this node saw them, counted since it started."""
         return {"frames_received": self.frames_received, "lost_before_intake": self.lost_before_intake,
-                "dropped_inactive": self.dropped_inactive, "malformed_inputs": self.malformed_count()}
+                "dropped_inactive": self.dropped_inactive, "malformed_inputs": sum(self.malformed.values())}
 
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.get_parameter("input_size").value
