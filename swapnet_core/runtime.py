@@ -144,38 +144,48 @@ class SwapModel:
                 profile = load_profile(self.store, x, self.device, io, budget_bytes=self.budget_bytes)
             plan = make_plan(self.store, self.budget_bytes, plan, profile, prefetch, activation_reserve)
         self.plan = plan
-        self.io = io
+        self.io, self.verify = io, verify
         self.stats = SwapStats()
-        self.module = self.store.build_skeleton()
+        self.on_block_boundary = None  # called with the block about to run, at each block transition
+        self.read_log: deque | None = None  # (block, start, end) of each read, when a deque is set
+        self._block_of = self.plan.block_of_unit()
+        self._lock = threading.Lock()
+        self._resident: dict[int, _Resident] = {}  # swapped blocks now in the swap region
+        self._fixed = {b.index for b in self.plan.blocks if b.resident}  # loaded once, next to the pinned tensors
+        self._pending: tuple[int, int, Future] | None = None
+        self._current: int | None = None
+        self._side_freed: dict[int, object] = {}  # side -> CUDA event recorded when its block left
+        self._always_stale = False  # a failed re-read left the arena's fixed part unusable
+        self._hooks: list = []
+        self._always: list[int] = []  # unit indices of the pinned tensors and resident blocks
+        self._io = self._reader = self._arena = self._memory = self._binder = None
+        self._closed = False
+        try:
+            self._open(arena)
+        except BaseException:
+            # a store that fails its first read (a corrupt unit) must not leak the descriptor, the
+            # I/O thread or the arena: a scheduler retries a failing model at every job
+            self.close()
+            raise
+
+    def _open(self, arena: ArenaRegion | None) -> None:
         units = self.store.units
+        self.module = self.store.build_skeleton()
         self._binder = _Binder(self.module, units)
-        self._reader = BlockReader(self.store.weights_path, io, verify)
-        fixed = [b for b in self.plan.blocks if b.resident]
-        arena_bytes = self.plan.pinned_bytes + self.plan.resident_bytes + (self.plan.swap_bytes if io == "direct" else 0)
+        arena_bytes = self.plan.pinned_bytes + self.plan.resident_bytes + (self.plan.swap_bytes if self.io == "direct" else 0)
         if arena is None:
             staging = max([self.plan.pinned_bytes + self.plan.resident_bytes] + [b.nbytes for b in self.plan.blocks])
             arena = ArenaRegion(ArenaMemory(arena_bytes, self.device, staging_bytes=staging), 0, arena_bytes, owned=True)
         elif arena.nbytes < arena_bytes:
             raise ValueError(f"the arena region ({arena.nbytes} bytes) is smaller than the plan needs ({arena_bytes})")
-        self._arena = arena
-        self._memory = arena.memory
+        self._arena, self._memory = arena, arena.memory
         self._swap_base = arena.offset + self.plan.pinned_bytes + self.plan.resident_bytes
-        self.on_block_boundary = None  # called with the block about to run, at each block transition
-        self.read_log: deque | None = None  # (block, start, end) of each read, when a deque is set
-        self._block_of = self.plan.block_of_unit()
-        self._lock = threading.Lock()
+        self._reader = BlockReader(self.store.weights_path, self.io, self.verify)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-io")
-        self._resident: dict[int, _Resident] = {}  # swapped blocks now in the swap region
-        self._fixed = {b.index for b in fixed}  # blocks loaded once, next to the pinned tensors
-        self._pending: tuple[int, int, Future] | None = None
-        self._current: int | None = None
-        self._side_freed: dict[int, object] = {}  # side -> CUDA event recorded when its block left
-        self._closed = False
         # pinned tensors and resident blocks: the file's leading units, one read into the arena's start
-        always = [u for u in units if u.pinned] + [self.store.units[i] for b in fixed for i in b.units]
+        always = [u for u in units if u.pinned] + [units[i] for b in self.plan.blocks if b.resident for i in b.units]
         always.sort(key=lambda u: u.offset)
         self._always = [u.index for u in always]
-        self._always_stale = False  # a failed re-read left the arena's fixed part unusable
         if always:
             if always[-1].end - always[0].offset != self._swap_base - arena.offset:
                 raise StoreMismatchError("pinned tensors and resident blocks must lead the store file")
@@ -221,20 +231,22 @@ class SwapModel:
         self.stats = SwapStats(peak_resident_weight_bytes=self._resident_bytes())
 
     def close(self) -> None:
-        """Free the arena and the I/O thread; the module goes back to meta."""
+        """Free the arena and the I/O thread; the module goes back to meta. Safe on a half-built model."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._finish()
-            self._io.shutdown(wait=True)
-            for u in self.store.units:
-                if u.pinned or self._block_of.get(u.index) in self._fixed:
-                    self._binder.unbind(u)
+            if self._io is not None:
+                self._finish()
+                self._io.shutdown(wait=True)
+            if self._binder is not None:
+                for i in self._always:
+                    self._binder.unbind(self.store.units[i])
             for h in self._hooks:
                 h.remove()
-            self._reader.close()
-            if self._arena.owned:
+            if self._reader is not None:
+                self._reader.close()
+            if self._arena is not None and self._arena.owned:
                 self._memory.close()
 
     def __enter__(self):

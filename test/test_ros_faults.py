@@ -195,6 +195,44 @@ def test_a_bad_store_fails_its_model_only_and_recovers_when_restored(stores, dis
         sched.shutdown()
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_model_that_cannot_be_built_leaks_nothing_per_job(stores, disk_dir):
+    """A byte flipped in a unit the model reads when it is built (here every unit: the budget holds the
+    whole model) makes every rebuild fail; the scheduler retries at each job. 200 such jobs leave the
+    open descriptors, threads and RSS where they were (a leaked reader per job hit the fd limit in
+    minutes at camera rates)."""
+    a = private_copy(stores["a"], disk_dir, "leak")
+    sched = Scheduler(a.total_bytes + (1 << 20))
+    sched.add_model("a", a, a.total_bytes, example_input=make_input(X))
+    sched.start()
+    try:
+        assert sched.submit("a", make_input(X)).result(timeout=60) is not None
+        unit = a.units[len(a.units) // 2]
+        with open(a.weights_path, "r+b") as f:
+            f.seek(unit.offset + unit.nbytes // 2)
+            f.write(bytes(64))
+        sched.set_budgets(budgets={"a": a.total_bytes}).result(timeout=60)  # a rebuild: now it fails
+        proc = psutil.Process()
+
+        def fail(n):
+            for _ in range(n):
+                e = sched.submit("a", make_input(X)).exception(timeout=60)
+                assert isinstance(e, StoreCorruptError), repr(e)
+
+        fail(20)  # warm-up: allocator pools, lazily made objects
+        fds, threads, rss = open_fds(), threading.active_count(), proc.memory_info().rss
+        fail(200)
+        assert open_fds() - fds <= 2, f"{open_fds() - fds} descriptors more after 200 failing jobs"
+        assert threading.active_count() - threads <= 1
+        assert proc.memory_info().rss - rss < 16 * MB, f"RSS grew {(proc.memory_info().rss - rss) / MB:.1f} MiB"
+        assert sched.metrics()["models"]["a"]["errors"] == 221  # the failed rebuild at the retune, then every job
+    finally:
+        sched.shutdown()
+
+
 # -- the perception process over real DDS ------------------------------------------------------------
 from conftest import call, spin_for, start_perception, stop_process, wait_for  # noqa: E402
 
