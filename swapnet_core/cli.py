@@ -11,6 +11,7 @@ import time
 
 from .errors import SwapNetError
 from .sizes import format_bytes
+from .store import STORE_DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="store directory to create")
     p.add_argument("--weights", help="local checkpoint (.safetensors, or a state dict read with weights_only=True)")
     p.add_argument("--input", help="example input: an image file[@HxW] or random:NxCxHxW (default: per model)")
+    p.add_argument("--dtype", default="float32", choices=STORE_DTYPES,
+                   help="store (and compute) floating-point weights in this dtype (default float32)")
     p.add_argument("--force", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -93,11 +96,10 @@ def _make_plan(args, store, x):
 
 
 def _plan(args) -> int:
-    from .models import make_input
     from .store import BlockStore
 
     store = BlockStore(args.store)
-    plan, profile, seconds = _make_plan(args, store, make_input(args.input or store.default_input))
+    plan, profile, seconds = _make_plan(args, store, store.make_input(args.input))
     result = plan.as_dict() | {"store": str(store.path), "model": store.ref, "random_weights": store.random_weights,
                                "model_weight_bytes": store.total_bytes, "planning_ms": seconds * 1000,
                                "io_profile": {"mode": profile.io.mode, "latency_s": profile.io.latency_s,
@@ -129,9 +131,9 @@ def _convert(args) -> int:
 
     t0 = time.perf_counter()
     store = convert(args.model, args.out, weights=args.weights, input_spec=args.input,
-                    force=args.force, progress=not args.quiet)
+                    force=args.force, progress=not args.quiet, dtype=args.dtype)
     pinned = sum(u.pinned for u in store.units)
-    print(f"{store.path}: {len(store.units)} units ({pinned} pinned), {format_bytes(store.total_bytes)}, "
+    print(f"{store.path}: {len(store.units)} units ({pinned} pinned), {format_bytes(store.total_bytes)} {store.dtype}, "
           f"converted in {time.perf_counter() - t0:.1f} s" + ("; random weights" if store.random_weights else ""))
     return 0
 
@@ -139,14 +141,14 @@ def _convert(args) -> int:
 def _run(args) -> int:
     import torch
 
-    from .models import call_model, make_input, max_abs_diff
+    from .models import call_model, max_abs_diff
     from .runtime import SwapModel, load_resident
     from .store import BlockStore
 
     if args.repeat < 1:
         raise ValueError("--repeat must be at least 1")
     store = BlockStore(args.store)
-    x = make_input(args.input or store.default_input).to(args.device)
+    x = store.make_input(args.input).to(args.device)
     plan, _profile, _seconds = _make_plan(args, store, x)
     swapped = SwapModel(store, plan.budget_bytes, device=args.device, io=args.io, plan=plan, verify=args.verify)
     resident = load_resident(store, args.device) if args.compare_resident else None

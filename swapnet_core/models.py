@@ -46,7 +46,10 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         """Build the network (on the current default device: use `torch.device('meta')` for a skeleton)."""
-        model = self.builder()
+        try:
+            model = self.builder()
+        except Exception as e:  # a constructor's own failure: one line naming the model, not a traceback
+            raise ModelRefError(f"{self.ref}: building the network failed: {type(e).__name__}: {e}") from e
         if not isinstance(model, nn.Module):
             raise ModelRefError(f"{self.ref}: the factory returned {type(model).__name__}, not an nn.Module")
         return model.eval()

@@ -22,7 +22,6 @@ from torch import nn
 
 from .io import BlockReader
 from .memory import ArenaMemory
-from .models import make_input
 from .plan import Plan, make_plan
 from .profile import load_profile
 from .sizes import parse_size
@@ -140,7 +139,7 @@ class SwapModel:
         if not isinstance(plan, Plan):
             profile = None
             if plan == "optimal":
-                x = example_input if example_input is not None else make_input(self.store.default_input)
+                x = example_input if example_input is not None else self.store.make_input()
                 profile = load_profile(self.store, x, self.device, io, budget_bytes=self.budget_bytes)
             plan = make_plan(self.store, self.budget_bytes, plan, profile, prefetch, activation_reserve)
         self.plan = plan

@@ -10,12 +10,17 @@ paused job keeps its activations). Budgets can be retuned at run time: validated
 with the reason, applied at the next job boundary (retunes made meanwhile are applied together, and
 a pending job runs between two retunes, so fast toggling neither loses a value nor starves a stream).
 A job that fails (a store truncated or corrupted under it) is counted against its model only, which
-is marked failing until one of its jobs succeeds again; the worker and the other models go on.
+is marked failing until one of its jobs succeeds again; the worker and the other models go on. A model
+that cannot be built at start() is failing from the start (retried at its next job); start() raises
+only when no model can be built. drain() closes intake until resume(), so no frame submitted after it
+returns can run. An error in the worker's own bookkeeping is counted (`worker_errors`) and the worker
+goes on.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -26,7 +31,7 @@ import torch
 
 from .errors import BudgetError, BudgetTooSmallError, SwapNetError
 from .memory import ArenaMemory
-from .models import call_model, make_input
+from .models import call_model
 from .plan import make_plan, minimum_budget
 from .profile import load_profile
 from .runtime import ArenaRegion, SwapModel
@@ -34,10 +39,11 @@ from .sizes import align_up, format_bytes, parse_size
 from .store import UNIT_ALIGN, BlockStore
 
 POLICIES = ("edf", "fifo", "rr")
+log = logging.getLogger("swapnet_core.scheduler")
 
 
 class SchedulerClosed(SwapNetError, RuntimeError):
-    """submit() after shutdown()."""
+    """submit() after shutdown(), or after drain() until resume()."""
 
 
 @dataclass
@@ -127,6 +133,10 @@ class Scheduler:
         self._arena: ArenaMemory | None = None
         self._worker: threading.Thread | None = None
         self._stopping = False
+        self._accepting = True  # drain() closes intake, resume() reopens it
+        self._in_flight = 0  # jobs taken by the worker and not finished (guarded by _cond)
+        self.worker_errors = 0
+        self.last_worker_error = ""
         self._epoch = 0  # counts builds: a job records the one it ran on
         self._window = history
         self.records: deque[JobRecord] = deque(maxlen=history)
@@ -143,14 +153,21 @@ class Scheduler:
             raise ValueError(f"model {name!r} is already registered")
         store = store if isinstance(store, BlockStore) else BlockStore(store)
         budget = parse_size(budget_bytes, of=store.total_bytes)
-        x = example_input if example_input is not None else make_input(store.default_input)
+        x = _in_store_dtype(example_input, store) if example_input is not None else store.make_input()
         self._models[name] = _Model(name, store, budget, x, plan, prefetch, metrics=ModelMetrics(self._window))
-        self._validate(self.total_budget, {n: m.budget for n, m in self._models.items()})
+        try:
+            self._validate(self.total_budget, {n: m.budget for n, m in self._models.items()})
+        except BudgetError:  # refused: as if never added
+            del self._models[name]
+            raise
 
     def start(self) -> None:
         if not self._models:
             raise RuntimeError("no models registered")
-        self._build(self.total_budget, {n: m.budget for n, m in self._models.items()}, strict=True)
+        errors = self._build(self.total_budget, {n: m.budget for n, m in self._models.items()})
+        if len(errors) == len(self._models):  # nothing to serve: say why instead of failing every job
+            self._teardown()
+            raise next(iter(errors.values()))
         self._worker = threading.Thread(target=self._run, name="swapnet-scheduler", daemon=True)
         self._worker.start()
 
@@ -169,6 +186,8 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise SchedulerClosed("the scheduler is shut down")
+            if not self._accepting:
+                raise SchedulerClosed("the scheduler is drained: not taking jobs until resume()")
             old = self._pending.pop(name, None)
             if old is not None and old.future.cancel():
                 self._models[name].metrics.drops += 1
@@ -187,22 +206,37 @@ class Scheduler:
         before that boundary add up (each is checked against the ones accepted before it) and are
         applied together, so an accepted value is never lost."""
         with self._cond:  # two parameter services may call at once: check and queue as one step
-            # start from the last accepted values (the worker may be applying them right now)
-            base_total, new = self._target if self._target is not None else (
-                self.total_budget, {n: m.budget for n, m in self._models.items()})
-            new = dict(new)
+            total_b, new = self._proposed(total, budgets)
             waiting = self._retune[2] if self._retune is not None else []
-            total_b = base_total if total is None else parse_size(total)
-            for name, value in (budgets or {}).items():
-                if name not in self._models:
-                    raise KeyError(f"unknown model {name!r}")
-                new[name] = parse_size(value, of=self._models[name].store.total_bytes)
-            self._validate(total_b, new)
             done: Future = Future()
             self._target = (total_b, new)
             self._retune = (total_b, new, [*waiting, done])
             self._cond.notify()
         return done
+
+    def check_budgets(self, total: int | str | None = None, budgets: dict[str, int | str] | None = None) -> None:
+        """Raise as set_budgets would for these values; change nothing."""
+        with self._cond:
+            self._proposed(total, budgets)
+
+    def _proposed(self, total, budgets) -> tuple[int, dict[str, int]]:
+        """The total and budgets that would result, validated (called under _cond)."""
+        # start from the last accepted values (the worker may be applying them right now)
+        base_total, new = self._target if self._target is not None else (
+            self.total_budget, {n: m.budget for n, m in self._models.items()})
+        new = dict(new)
+        total_b = base_total if total is None else parse_size(total)
+        for name, value in (budgets or {}).items():
+            if name not in self._models:
+                raise KeyError(f"unknown model {name!r}")
+            new[name] = parse_size(value, of=self._models[name].store.total_bytes)
+        self._validate(total_b, new)
+        return total_b, new
+
+    @property
+    def models(self) -> list[str]:
+        """The registered models' names."""
+        return list(self._models)
 
     def metrics(self) -> dict:
         def one(m: _Model) -> dict:
@@ -215,20 +249,27 @@ class Scheduler:
                 "blocks": len(swap.plan.blocks) if swap else 0}
 
         with self._cond:
+            worker = self._worker
             return {"policy": self.policy, "preemption": self.preemption, "total_budget_bytes": self.total_budget,
-                    "arena_bytes": self.arena_bytes, "models": {n: one(m) for n, m in self._models.items()}}
+                    "arena_bytes": self.arena_bytes, "worker_alive": worker is not None and worker.is_alive(),
+                    "worker_errors": self.worker_errors, "last_worker_error": self.last_worker_error,
+                    "models": {n: one(m) for n, m in self._models.items()}}
 
     def drain(self, timeout: float = 30.0) -> bool:
-        """Cancel the pending jobs (counted as drops) and wait until no job runs. Returns True if idle."""
+        """Stop taking jobs (submit raises SchedulerClosed until resume()), cancel the pending ones
+        (counted as drops) and wait until no job runs. Returns True if idle."""
         with self._cond:
+            self._accepting = False
             for name, job in list(self._pending.items()):
                 if job.future.cancel():
                     self._models[name].metrics.drops += 1
             self._pending.clear()
-        end = time.monotonic() + timeout
-        while self._running and time.monotonic() < end:
-            time.sleep(0.005)
-        return not self._running
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def resume(self) -> None:
+        """Take jobs again after drain()."""
+        with self._cond:
+            self._accepting = True
 
     def resident_bytes(self) -> int:
         return sum(m.swap._resident_bytes() for m in self._models.values() if m.swap is not None)
@@ -267,11 +308,11 @@ class Scheduler:
             raise BudgetError(f"the models' budgets add up to {format_bytes(need)}, over the total "
                               f"{format_bytes(total)}")
 
-    def _build(self, total: int, budgets: dict[str, int], strict: bool = False) -> None:
+    def _build(self, total: int, budgets: dict[str, int]) -> dict[str, Exception]:
         """(Re)allocate the arena and plan every model into its own part of it (all models idle).
         The arena holds the models' shares, not the whole total: a generous total costs no memory.
         A model that cannot be built (its store went bad) is counted as failing and retried at its
-        next job, unless strict (start-up), where the error is raised."""
+        next job; returns those models' errors."""
         self._teardown_models()
         need = sum(align_up(budgets[n], UNIT_ALIGN) for n in self._models)
         if self._arena is None or self._arena.nbytes != need:
@@ -280,7 +321,7 @@ class Scheduler:
                 self._arena = None
             self._arena = ArenaMemory(need, self.device, staging_bytes=max(budgets.values(), default=0))
         self._epoch += 1
-        offset = 0
+        offset, errors = 0, {}
         for name, m in self._models.items():
             m.budget = budgets[name]
             m.region = (offset, align_up(m.budget, UNIT_ALIGN))
@@ -288,10 +329,10 @@ class Scheduler:
             try:
                 self._build_model(m)
             except Exception as e:  # noqa: BLE001 - one bad store must not stop the others
-                if strict:
-                    raise
                 self._note_error(m, e)
+                errors[name] = e
         self.total_budget = total
+        return errors
 
     def _build_model(self, m: _Model) -> None:
         profile = None
@@ -347,22 +388,41 @@ class Scheduler:
     def _run(self) -> None:
         retuned = False
         while True:
-            with self._cond:
-                while not self._stopping and not self._pending and self._retune is None:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                # a retune waits for no job, but after one a pending job runs before the next:
-                # budgets toggled faster than a re-plan takes must not starve the streams
-                retune = None if retuned and self._pending else self._retune
+            job = None
+            try:
+                with self._cond:
+                    while not self._stopping and not self._pending and self._retune is None:
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                    # a retune waits for no job, but after one a pending job runs before the next:
+                    # budgets toggled faster than a re-plan takes must not starve the streams
+                    retune = None if retuned and self._pending else self._retune
+                    if retune is not None:
+                        self._retune = None
+                    job = None if retune else self._take(self._pick())
+                    self._in_flight += job is not None
+                retuned = retune is not None
                 if retune is not None:
-                    self._retune = None
-                job = None if retune else self._take(self._pick())
-            retuned = retune is not None
-            if retune is not None:
-                self._apply(retune)
-            elif job is not None:
-                self._execute(job)
+                    self._apply(retune)
+                elif job is not None:
+                    self._execute(job)
+            except Exception as e:  # noqa: BLE001 - the worker must outlive a fault in its own bookkeeping
+                self._note_worker_error(e, job)
+            finally:
+                if job is not None:
+                    with self._cond:
+                        self._in_flight -= 1
+                        self._cond.notify_all()
+
+    def _note_worker_error(self, e: Exception, job: _Job | None) -> None:
+        with self._cond:
+            self.worker_errors += 1
+            self.last_worker_error = f"{type(e).__name__}: {e}"
+        log.error("scheduler worker: %s (serving goes on)", self.last_worker_error, exc_info=e)
+        if job is not None and not job.future.done():  # its caller waits for an answer
+            if job.future.running() or job.future.set_running_or_notify_cancel():
+                job.future.set_exception(e)
 
     def _take(self, job: _Job | None) -> _Job | None:
         if job is not None:
@@ -404,7 +464,7 @@ class Scheduler:
             stats = m.swap.stats
             # the job's own peak: start from what is resident now (a prefetched first block counts)
             peak_before, stats.peak_resident_weight_bytes = stats.peak_resident_weight_bytes, m.swap._resident_bytes()
-            out = call_model(m.swap, m.store.call, job.x)
+            out = call_model(m.swap, m.store.call, _in_store_dtype(job.x, m.store))
             ok = True
         except BaseException as e:  # noqa: BLE001 - a failing job must not take the scheduler down
             self._note_error(m, e)
@@ -451,6 +511,11 @@ class Scheduler:
                 self._execute(urgent, preempting=running.model)
 
         return on_boundary
+
+
+def _in_store_dtype(x: torch.Tensor, store: BlockStore) -> torch.Tensor:
+    """Frames arrive as float32; a float16/bfloat16 store computes in its own dtype."""
+    return x.to(store.torch_dtype) if x.is_floating_point() and x.dtype != store.torch_dtype else x
 
 
 class _ReadLog:

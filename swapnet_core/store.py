@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from torch import nn
 
 from . import __version__
 from .errors import StoreError, StoreFormatError, StoreMismatchError, StoreNotFoundError, StoreTruncatedError
+from .identity import RANDOM_SEED, weights_record
 from .models import ModelSpec, call_model, load_weights, make_input, resolve
 from .sizes import align_up, format_bytes
 from .trace import IN_PLACE, PINNED, trace
@@ -43,6 +43,7 @@ _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", 
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
               torch.uint8: "U8", torch.bool: "BOOL"}
 _DTYPE_BY_NAME = {str(d).removeprefix("torch."): d for d in _ST_DTYPES}
+STORE_DTYPES = ("float32", "float16", "bfloat16")  # what convert(dtype=) casts floating-point weights to
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class BlockStore:
             self.task = str(m["architecture"]["task"])
             if not isinstance(m.get("weights", {}), dict) or not isinstance(m.get("example_input", ""), str):
                 raise TypeError("'weights' must be an object and 'example_input' a string")
+            if m.get("dtype", "float32") not in STORE_DTYPES:
+                raise ValueError(f"dtype {m.get('dtype')!r:.40} is not one of {STORE_DTYPES}")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
             raise StoreFormatError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
         self._check_layout()
@@ -126,6 +129,20 @@ class BlockStore:
     @property
     def default_input(self) -> str:
         return self.manifest.get("example_input", "random:1x3x224x224")
+
+    @property
+    def dtype(self) -> str:
+        """The floating-point dtype of the stored weights (float32 unless converted with dtype=)."""
+        return self.manifest.get("dtype", "float32")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPE_BY_NAME[self.dtype]
+
+    def make_input(self, spec: str | None = None, *, seed: int = 0) -> torch.Tensor:
+        """An input for this store's network (its conversion's example by default), in the store's dtype."""
+        x = make_input(spec or self.default_input, seed=seed)
+        return x.to(self.torch_dtype) if x.is_floating_point() else x
 
     def spec(self) -> ModelSpec:
         return resolve(self.ref)
@@ -222,7 +239,7 @@ class BlockStore:
     def build_skeleton(self) -> nn.Module:
         """The network on torch.device('meta'): structure only, no weight memory. Checked against the store."""
         with torch.device("meta"):
-            model = self.spec().build()
+            model = self.spec().build().to(self.torch_dtype)  # floating-point tensors, as convert cast them
         held = {}
         for path, module in model.named_modules():
             for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
@@ -296,20 +313,26 @@ def _parse_unit(index: int, u: dict) -> Unit:
 
 def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | None = None,
             input_spec: str | None = None, force: bool = False, progress: bool = True,
-            spec: ModelSpec | None = None, progress_file=None) -> BlockStore:
-    """Convert a model into a block store at `out`, atomically (a temporary folder renamed into place)."""
+            spec: ModelSpec | None = None, progress_file=None, dtype: str = "float32",
+            on_progress=None) -> BlockStore:
+    """Convert a model into a block store at `out`, atomically (a temporary folder renamed into place).
+    dtype: float32, float16 or bfloat16, what floating-point weights are stored (and computed) in.
+    on_progress(bytes_written, bytes_total) is called as the weights file is written."""
     out = Path(out)
+    if dtype not in STORE_DTYPES:
+        raise StoreError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
     if out.exists() and not force:
         raise StoreError(f"{out} exists (use force=True / --force to replace it)")
     if out.exists() and not (out / MANIFEST_NAME).is_file():
         raise StoreError(f"{out} exists and is not a block store; refusing to replace it")
     spec = spec or resolve(ref)
-    torch.manual_seed(0)  # random weights are reproducible
+    torch.manual_seed(RANDOM_SEED)  # random weights are reproducible
     model = spec.build()
     if weights is not None:
         load_weights(model, weights)
+    model.to(_DTYPE_BY_NAME[dtype])  # floating-point parameters and buffers only
     input_spec = input_spec or spec.default_input
-    example = make_input(input_spec)
+    example = make_input(input_spec).to(_DTYPE_BY_NAME[dtype])
     before = {name: b.detach().clone() for name, b in model.named_buffers()}  # small: stats, anchors
     result = trace(model, lambda: call_model(model, spec.call, example))
     for i, why in result.pin_reasons.items():
@@ -325,13 +348,14 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     lock = _lock_folder(tmp)  # held until the store is in place: tells a later convert we are alive
     try:
-        manifest = _write_store(tmp, units, result, progress=progress, desc=ref, progress_file=progress_file)
+        manifest = _write_store(tmp, units, result, progress=progress, desc=ref, progress_file=progress_file,
+                                on_progress=on_progress)
         manifest.update({
             "architecture": {"ref": ref, "task": spec.task, "call": spec.call,
                              "class": f"{type(model).__module__}.{type(model).__qualname__}"},
-            "weights": ({"source": "random", "seed": 0} if weights is None else
-                        {"source": str(Path(weights).resolve()), "sha256": _sha256(weights)}),
+            "weights": weights_record(weights),
             "example_input": input_spec,
+            "dtype": dtype,
             "created_by": f"swapnet_core {__version__}, torch {torch.__version__}",
         })
         _write_durably(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
@@ -371,7 +395,8 @@ def _group_units(result) -> list[tuple[str, bool, bool, list[int]]]:
     return units
 
 
-def _write_store(folder: Path, units, result, *, progress: bool, desc: str, progress_file=None) -> dict:
+def _write_store(folder: Path, units, result, *, progress: bool, desc: str, progress_file=None,
+                 on_progress=None) -> dict:
     # Lay out every unit, relative to the start of the data section.
     layout = []  # (name, pinned, traced, [(tensor index, offset in unit, nbytes)], unit rel offset, unit nbytes)
     rel = 0
@@ -412,7 +437,7 @@ def _write_store(folder: Path, units, result, *, progress: bool, desc: str, prog
         raise _no_space(folder, need, errno.ENOSPC)
     try:
         return _write_data(folder, units, result, layout, header_bytes, data_start, data_len, store_id,
-                           progress=progress, desc=desc, progress_file=progress_file)
+                           progress=progress, desc=desc, progress_file=progress_file, on_progress=on_progress)
     except OSError as e:
         if e.errno in _DISK_FULL:  # filled up meanwhile, or a file size limit
             raise _no_space(folder, need, e.errno) from None
@@ -432,10 +457,10 @@ def _no_space(folder: Path, need: int, err: int) -> StoreError:
 
 
 def _write_data(folder, units, result, layout, header_bytes, data_start, data_len, store_id, *,
-                progress, desc, progress_file) -> dict:
+                progress, desc, progress_file, on_progress) -> dict:
     from tqdm import tqdm
 
-    manifest_units = []
+    manifest_units, written = [], 0
     path = folder / WEIGHTS_NAME
     with open(path, "wb") as f, tqdm(total=data_len, unit="B", unit_scale=True, desc=f"convert {desc}",
                                      disable=not progress, leave=False, file=progress_file,
@@ -456,6 +481,9 @@ def _write_data(folder, units, result, layout, header_bytes, data_start, data_le
                                    "checksum": f"crc32:{unit_checksum(buf):08x}", "pinned": pinned,
                                    "traced": traced, "tensors": entries})
             bar.update(size)
+            written += size
+            if on_progress is not None:
+                on_progress(written, data_len)
         f.flush()
         os.fsync(f.fileno())
     # the recorded call order, in unit indices (pinned and tensor-less modules drop out)
@@ -531,11 +559,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -177,3 +177,97 @@ def test_shutdown_with_jobs_in_flight_leaves_nothing_behind(stores):
     assert sched._arena is None and all(m.swap is None for m in sched._models.values())
     with pytest.raises(SchedulerClosed):
         sched.submit("a", make_input(X))
+
+
+def test_drain_closes_intake_until_resume(stores):
+    """Deactivate drains the scheduler; a frame that passed the node's `serving` check just before must
+    not be queued and run while inactive: submit after drain() is refused until resume()."""
+    sched, _ = make_scheduler(stores)
+    sched.start()
+    try:
+        assert sched.submit("a", make_input(X)).result(timeout=60) is not None
+        assert sched.drain(timeout=60)
+        with pytest.raises(SchedulerClosed, match="drained"):
+            sched.submit("a", make_input(X))
+        time.sleep(0.2)
+        assert sched.metrics()["models"]["a"]["jobs_done"] == 1  # nothing ran while drained
+        sched.resume()
+        assert sched.submit("a", make_input(X)).result(timeout=60) is not None
+    finally:
+        sched.shutdown()
+
+
+def test_drain_waits_for_a_job_the_worker_has_taken(stores):
+    """A job taken from the queue but not yet started counts as in flight: drain() returns only once it ended."""
+    sched, _ = make_scheduler(stores)
+    sched.start()
+    try:
+        futures = [sched.submit(n, make_input(X)) for n in NAMES]
+        assert sched.drain(timeout=60)
+        for f in futures:
+            assert f.cancelled() or f.done()  # none is left running after drain returned
+    finally:
+        sched.shutdown()
+
+
+class _FaultyPick(Scheduler):
+    """A scheduler whose job choice fails once, as a bug in its bookkeeping would."""
+
+    faults = 1
+
+    def _pick(self, exclude=frozenset()):
+        if self.faults and not exclude:
+            self.faults -= 1
+            raise RuntimeError("injected fault in the worker's job choice")
+        return super()._pick(exclude)
+
+
+def test_a_fault_in_the_worker_loop_is_counted_and_serving_goes_on(stores):
+    budgets = {n: max(s.total_bytes // 3, minimum_budget(s)) for n, s in stores.items()}
+    sched = _FaultyPick(sum(budgets.values()))
+    for n, s in stores.items():
+        sched.add_model(n, s, budgets[n], example_input=make_input(X))
+    sched.start()
+    try:
+        first = sched.submit("a", make_input(X))
+        time.sleep(0.5)
+        assert sched._worker.is_alive(), "the worker thread died"
+        assert sched.submit("a", make_input(X)).result(timeout=60) is not None  # still serving
+        assert first.done()  # the frame pending during the fault was served or replaced, never left hanging
+        m = sched.metrics()
+        assert m["worker_alive"] and m["worker_errors"] == 1 and "injected fault" in m["last_worker_error"]
+    finally:
+        sched.shutdown()
+
+
+def test_start_serves_the_models_that_can_be_built(stores, disk_dir):
+    """One model whose store fails when it is built does not stop the others; start() raises only when
+    no model can be built."""
+    import shutil
+
+    from swapnet_core import BlockStore
+    from swapnet_core.errors import StoreCorruptError
+
+    bad_path = disk_dir / "sched-bad-start"
+    shutil.rmtree(bad_path, ignore_errors=True)
+    shutil.copytree(stores["b"].path, bad_path)
+    bad = BlockStore(bad_path)
+    with open(bad.weights_path, "r+b") as f:  # the budget keeps it whole: every unit is read at start
+        f.seek(bad.units[1].offset)
+        f.write(bytes(64))
+    sched = Scheduler(stores["a"].total_bytes + bad.total_bytes)
+    sched.add_model("a", stores["a"], stores["a"].total_bytes // 2, example_input=make_input(X))
+    sched.add_model("bad", bad, bad.total_bytes, example_input=make_input(X))
+    sched.start()
+    try:
+        assert sched.submit("a", make_input(X)).result(timeout=60) is not None
+        m = sched.metrics()["models"]["bad"]
+        assert m["failing"] and "StoreCorruptError" in m["last_error"]
+        assert isinstance(sched.submit("bad", make_input(X)).exception(timeout=60), StoreCorruptError)
+    finally:
+        sched.shutdown()
+    alone = Scheduler(bad.total_bytes)
+    alone.add_model("bad", bad, bad.total_bytes, example_input=make_input(X))
+    with pytest.raises(StoreCorruptError):
+        alone.start()
+    assert alone._arena is None  # nothing kept after a failed start

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from swapnet_core import BlockStore, StoreError, convert
+from swapnet_core import BlockStore, ModelRefError, StoreError, convert
 from swapnet_core.models import call_model, make_input, resolve
 from swapnet_core.store import UNIT_ALIGN
 
@@ -49,7 +49,7 @@ def test_manifest_records_architecture_checksums_and_random_weights(convert_once
 
 def test_convert_is_atomic_and_refuses_to_overwrite(disk_dir):
     out = disk_dir / "atomic"
-    with pytest.raises(RuntimeError, match="always fails"):
+    with pytest.raises(ModelRefError, match="building the network failed: RuntimeError: this factory always fails"):
         convert("toy_models:broken", out, input_spec="random:1x3x8x8", progress=False)
     assert not out.exists()
     assert not [p for p in disk_dir.iterdir() if p.name.startswith(".atomic")]  # no partial folder left

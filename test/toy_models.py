@@ -213,3 +213,23 @@ def counter():
 @model_factory
 def list_holder():
     return ListHolder()
+
+
+class SlowToInit(nn.Module):
+    """Takes `seconds` to initialise its weights for real (as a large network does), none on meta."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        if torch.empty(0).device.type != "meta":
+            import time
+
+            time.sleep(seconds)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@model_factory(task="segmentation")
+def slow(seconds=5.0):
+    return SlowToInit(seconds)
