@@ -3,6 +3,12 @@
 configure = open (or convert) the model nodes' stores, plan, allocate the arena; activate = serve;
 deactivate = stop taking jobs and finish the one in flight; cleanup = free the arena and stores;
 shutdown from any state. Model nodes in the same process register with it and submit frames.
+
+A model whose store cannot be opened, converted or fitted into the budget is left out of the
+configuration (state "error" in the status, with the reason) and the others are served; configure
+fails only when no model can be served. The lifecycle services sit in a reentrant callback group and
+the status timer in a group of its own, so with a multi-threaded executor `get_state`, parameters and
+the status (conversion progress included) are answered while a long configure converts stores.
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+import threading
+
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, TransitionCallbackReturn
+from rclpy.node import Node
 
 from swapnet_core import BlockStore, SwapNetError, convert
-from swapnet_core.errors import BudgetError
+from swapnet_core.errors import BudgetError, StoreMismatchError
+from swapnet_core.identity import identity_mismatch
 from swapnet_core.scheduler import POLICIES, Scheduler, SchedulerClosed
 from swapnet_core.sizes import format_bytes
 from swapnet_ros.msg import CoordinatorStatus, ModelStatus
-from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes
+from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes, on_parameters
 
 MB = 1 << 20
 
@@ -48,7 +59,10 @@ class _LogWriter:
 
 class SwapCoordinator(LifecycleNode):
     def __init__(self, name: str = "swap_coordinator", **kwargs):
-        super().__init__(name, **kwargs)
+        # LifecycleNode.__init__ gives its services the node's default (mutually exclusive) group, in
+        # which get_state would wait for a configure in progress: build it as it does, with our group
+        Node.__init__(self, name, **kwargs)
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=True, callback_group=ReentrantCallbackGroup())
         self.declare_parameter("total_budget_mb", 512.0, ParameterDescriptor(
             description="weight memory shared by all models, MiB", floating_point_range=[
                 FloatingPointRange(from_value=1.0, to_value=1e6, step=0.0)]))
@@ -59,73 +73,115 @@ class SwapCoordinator(LifecycleNode):
         self.declare_parameter("store_dir", str(Path.home() / ".cache" / "swapnet_ros" / "stores"), ParameterDescriptor(
             description="where model references are converted into block stores on first use", read_only=True))
         self.declare_parameter("status_period_s", 1.0, ParameterDescriptor(
-            description="how often ~/status and /diagnostics are published", read_only=True))
+            description="how often ~/status and /diagnostics are published, seconds", read_only=True,
+            floating_point_range=[FloatingPointRange(from_value=0.05, to_value=3600.0, step=0.0)]))
         self.declare_parameter("autostart", True, ParameterDescriptor(
             description="configure and activate at start-up (the perception executable acts on it)", read_only=True))
         self.declare_parameter("models", ["detection", "segmentation", "depth"], ParameterDescriptor(
             description="names of the model nodes this process hosts", read_only=True))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        on_parameters(self, self._check_parameters, self._apply_parameters)
         accept_integers_as_doubles(self, ["total_budget_mb"])
         self.clients_by_name: dict = {}
+        self.unavailable: dict[str, str] = {}  # models left out of the configuration, and why
+        self.preparing: dict[str, tuple[str, float]] = {}  # model -> (what configure does now, fraction done)
         self._seen: dict[str, tuple] = {}  # per model: (drops, misses, malformed) at the last status
+        self._worker_errors_seen = 0
         self._inputs_at_configure: dict[str, dict] = {}  # model nodes' counters: status counts from configure
         self.scheduler: Scheduler | None = None
         self.serving = False
         self._status_pub = self.create_publisher(CoordinatorStatus, "~/status", 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(self.get_parameter("status_period_s").value, self.publish_status)
+        self._status_lock = threading.Lock()  # the timer and a transition may publish at once
+        self.create_timer(self.get_parameter("status_period_s").value, self.publish_status,
+                          callback_group=MutuallyExclusiveCallbackGroup())
 
     # -- model nodes -----------------------------------------------------------------------------
     def register(self, model_node) -> None:
         self.clients_by_name[model_node.get_name()] = model_node
 
     def submit(self, name: str, x, deadline: float | None):
-        """A future for the model's output, or None when not serving (the frame is dropped)."""
+        """A future for the model's output, or None when not serving (the frame is dropped). The
+        scheduler itself refuses jobs once deactivate has drained it, so no frame checked here just
+        before a deactivate can run after it."""
         sched = self.scheduler  # once: cleanup, shutdown or an error may clear it on another thread
-        if not self.serving or sched is None:
+        if not self.serving or sched is None or name in self.unavailable:
             return None
         try:
             return sched.submit(name, x, deadline)
-        except SchedulerClosed:  # closed between the check and the submit: not serving any more
+        except SchedulerClosed:  # drained or closed between the check and the submit: not serving
             return None
+
+    def check_budget(self, name: str, budget_bytes: int) -> str | None:
+        """Why a model's new budget would be refused, or None (changes nothing)."""
+        return self._budget_refusal(budgets={name: budget_bytes})
 
     def request_budget(self, name: str, budget_bytes: int) -> str | None:
         """Apply a model's new budget at the next job boundary; the reason if refused."""
+        return self._budget_refusal(budgets={name: budget_bytes}, apply=True)
+
+    def _budget_refusal(self, total: int | None = None, budgets: dict | None = None, apply: bool = False) -> str | None:
         sched = self.scheduler
-        if sched is None:
+        budgets = {n: b for n, b in (budgets or {}).items() if n not in self.unavailable}
+        if sched is None or (total is None and not budgets):
             return None  # used at the next configure
         try:
-            sched.set_budgets(budgets={name: budget_bytes})
+            (sched.set_budgets if apply else sched.check_budgets)(total=total, budgets=budgets)
         except (BudgetError, ValueError, KeyError) as e:
             return str(e)
         return None
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
+    def _check_parameters(self, params) -> SetParametersResult:
         for p in params:
             if p.name == "total_budget_mb":
                 try:
-                    total = mib_to_bytes(p.name, p.value)
-                    sched = self.scheduler
-                    if sched is not None:  # else checked at the next configure
-                        sched.set_budgets(total=total)
-                except (BudgetError, ValueError) as e:
-                    return SetParametersResult(successful=False, reason=str(e))
-                self.get_logger().info(f"total budget {format_bytes(total)}: applied at the next job boundary")
+                    reason = self._budget_refusal(total=mib_to_bytes(p.name, p.value))
+                except ValueError as e:
+                    reason = str(e)
+                if reason:
+                    return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        for p in params:
+            if p.name == "total_budget_mb":
+                total = mib_to_bytes(p.name, p.value)
+                reason = self._budget_refusal(total=total, apply=True)
+                if reason:  # another budget was applied between the check and now
+                    self.get_logger().error(f"total budget {format_bytes(total)} accepted but not applied: {reason}")
+                else:
+                    self.get_logger().info(f"total budget {format_bytes(total)}: applied at the next job boundary")
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
         total = int(self.get_parameter("total_budget_mb").value * MB)
+        sched = None
+        self.unavailable = {}
         try:
             sched = Scheduler(total, policy=self.get_parameter("policy").value,
                               preemption=self.get_parameter("preemption").value)
             for name, node in self.clients_by_name.items():
-                store = self._open_store(node)
-                sched.add_model(name, store, node.budget_bytes(), example_input=node.example_input())
+                try:
+                    store = self._open_store(node)
+                    sched.add_model(name, store, node.budget_bytes(), example_input=node.example_input())
+                except Exception as e:  # noqa: BLE001 - that model only (a store, a constructor): serve the others
+                    self.unavailable[name] = f"{type(e).__name__}: {e}"
+                    self.get_logger().error(f"{name}: not served: {e}")
+                self.preparing.pop(name, None)
+            if not sched.models:
+                raise SwapNetError("no model could be configured (each one's reason is above)")
+            self.preparing.update({name: ("planning", 0.0) for name in sched.models})  # profiling on first use
             sched.start()
-        except (SwapNetError, ValueError, OSError) as e:
+        except (SwapNetError, ValueError, OSError, MemoryError) as e:
             self.get_logger().error(f"configure failed: {e}")
+            if sched is not None:  # the status says why of each model, until the next configure
+                for name, m in sched.metrics()["models"].items():
+                    self.unavailable.setdefault(name, m["last_error"] or f"{type(e).__name__}: {e}")
+                sched.shutdown()  # the arena now, not at the next cyclic collection
+            self._release()
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self.preparing.clear()
+        sched.drain(timeout=0)  # configured, not active: frames are refused until activate
         self.scheduler = sched
         self._inputs_at_configure = {name: node.input_counters() for name, node in self.clients_by_name.items()}
         m = sched.metrics()["models"]
@@ -136,6 +192,7 @@ class SwapCoordinator(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
+        self.scheduler.resume()
         self.serving = True
         self.get_logger().info("active: serving")
         return super().on_activate(state)
@@ -163,9 +220,9 @@ class SwapCoordinator(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self, collect: bool = True) -> None:
-        if self.scheduler is not None:
-            self.scheduler.shutdown()
-            self.scheduler = None
+        sched, self.scheduler = self.scheduler, None
+        if sched is not None:
+            sched.shutdown()
         if not collect:  # the process is exiting: the OS takes the memory back, a full gc only delays it
             return
         gc.collect()
@@ -175,30 +232,53 @@ class SwapCoordinator(LifecycleNode):
             pass
 
     def _open_store(self, node) -> BlockStore:
+        """The node's store: its `model` folder as it is, or the cached conversion of its model reference
+        when that holds the same weights, dtype and trace input, else a fresh conversion."""
         ref = node.get_parameter("model").value
-        if Path(ref).is_dir():
-            return BlockStore(ref)
-        folder = store_folder(self.get_parameter("store_dir").value, ref)
         weights = node.get_parameter("weights").value or None
+        dtype = node.get_parameter("dtype").value
+        if Path(ref).is_dir():  # a store the user converted: its own weights and dtype, unless they say otherwise
+            store = BlockStore(ref)
+            why = identity_mismatch(store, store.ref, weights=weights, dtype=dtype) if weights else (
+                None if store.dtype == dtype else f"it stores {store.dtype}, not {dtype}")
+            if why:
+                raise StoreMismatchError(f"{node.get_name()}: the store {ref} is not what its parameters ask for: "
+                                         f"{why} (re-convert it, or leave weights empty to serve the store's own)")
+            return store
+        folder = store_folder(self.get_parameter("store_dir").value, ref)
+        why = "first use"
         try:
             store = BlockStore(folder)
-            if store.ref == ref:
+            why = identity_mismatch(store, ref, weights=weights, input_spec=node.input_spec(), dtype=dtype)
+            if why is None:
                 return store
-        except SwapNetError:
-            pass
-        self.get_logger().info(f"converting {ref} into {folder} (first use)")
+        except SwapNetError as e:
+            if folder.exists():
+                why = f"the cached store is unusable: {e}"
+        self.get_logger().info(f"converting {ref} into {folder} ({why})")
         started = time.monotonic()
+        name = node.get_name()
+        self.preparing[name] = ("converting", 0.0)
+
+        def progress(done: int, total: int) -> None:
+            self.preparing[name] = ("converting", done / total if total else 0.0)
+
         store = convert(ref, folder, weights=weights, input_spec=node.input_spec(), force=folder.exists(),
-                        progress_file=_LogWriter(self.get_logger()))
+                        progress_file=_LogWriter(self.get_logger()), dtype=dtype, on_progress=progress)
         self.get_logger().info(f"converted {ref}: {len(store.units)} units, {format_bytes(store.total_bytes)} "
                                f"in {time.monotonic() - started:.1f} s" + (", random weights" if store.random_weights else ""))
         return store
 
     # -- status ----------------------------------------------------------------------------------
     def publish_status(self) -> None:
-        """~/status, and /diagnostics with one entry per model: ERROR while its jobs fail (a bad store;
-        the message says why), WARN when frames were dropped, deadlines missed or inputs malformed since
-        the last status, else OK."""
+        """~/status, and /diagnostics with one entry per model: ERROR while its jobs fail or it is left
+        out of the configuration (a bad store; the message says why), WARN when frames were dropped,
+        deadlines missed or inputs malformed since the last status, else OK; and one for the scheduler's
+        worker (ERROR if it stopped, WARN after a fault it survived)."""
+        with self._status_lock:
+            self._publish_status()
+
+    def _publish_status(self) -> None:
         msg = CoordinatorStatus()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.state = self._state_label()
@@ -211,14 +291,19 @@ class SwapCoordinator(LifecycleNode):
         for name, node in self.clients_by_name.items():
             m = metrics["models"].get(name, {})
             st = ModelStatus(name=name)
-            if not m:
+            preparing, left_out = self.preparing.get(name), self.unavailable.get(name)
+            if preparing is not None:
+                st.state, st.progress = preparing
+            elif left_out is not None:
+                st.state = "error"
+            elif not m:
                 st.state = "unconfigured"
-            elif m.get("failing"):
+            elif m.get("failing") or metrics.get("worker_alive") is False:
                 st.state = "error"
             else:
                 st.state = "serving" if self.serving else "ready"
             st.budget_bytes = int(m.get("budget_bytes", node.budget_bytes()))
-            st.min_budget_bytes = int(sched.minimum_budget(name)) if sched is not None else 0
+            st.min_budget_bytes = int(sched.minimum_budget(name)) if m else 0
             st.peak_resident_bytes = int(m.get("peak_resident_bytes", 0))
             st.num_blocks = int(m.get("blocks", 0))
             for field in ("p50", "p95", "p99"):
@@ -230,9 +315,14 @@ class SwapCoordinator(LifecycleNode):
             st.drops = int(m.get("drops", 0)) + inputs["dropped_inactive"] + inputs["lost_before_intake"]
             st.errors = int(m.get("errors", 0))
             st.malformed_inputs = inputs["malformed_inputs"]
-            st.last_error = m.get("last_error", "") or node.last_input_error
+            st.last_error = left_out or m.get("last_error", "") or node.last_input_error
+            if metrics.get("worker_alive") is False:
+                st.last_error = f"the scheduler's worker stopped: {metrics.get('last_worker_error') or 'no error recorded'}"
             msg.models.append(st)
             diag.status.append(self._diagnostic(st))
+        msg.worker_errors = int(metrics.get("worker_errors", 0))
+        msg.last_worker_error = metrics.get("last_worker_error", "")
+        diag.status.append(self._worker_diagnostic(metrics))
         self._status_pub.publish(msg)
         self._diag_pub.publish(diag)
 
@@ -257,6 +347,18 @@ class SwapCoordinator(LifecycleNode):
                 "state", "budget_bytes", "min_budget_bytes", "peak_resident_bytes", "num_blocks", "jobs_done",
                 "deadline_misses", "drops", "malformed_inputs", "errors", "frames_received", "lost_before_intake",
                 "last_error")])
+
+    def _worker_diagnostic(self, metrics: dict) -> DiagnosticStatus:
+        errors = int(metrics.get("worker_errors", 0))
+        new, self._worker_errors_seen = errors - self._worker_errors_seen, errors
+        if metrics.get("worker_alive") is False:
+            level, message = DiagnosticStatus.ERROR, f"stopped: {metrics.get('last_worker_error') or 'no error recorded'}"
+        elif new > 0:
+            level, message = DiagnosticStatus.WARN, f"{new} fault(s) survived since the last status: {metrics['last_worker_error']}"
+        else:
+            level, message = DiagnosticStatus.OK, "running" if self.scheduler is not None else "not configured"
+        return DiagnosticStatus(level=level, name="swapnet/scheduler", hardware_id=self.get_name(), message=message,
+                                values=[KeyValue(key="worker_errors", value=str(errors))])
 
     def _state_label(self) -> str:
         try:

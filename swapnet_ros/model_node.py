@@ -17,13 +17,13 @@ import torch
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from rclpy.subscription import MessageInfo
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image
 
 from swapnet_core.sizes import format_bytes
 from swapnet_ros.image_codec import ImageError, array_to_tensor, colorize, image_to_array, make_image
 from swapnet_ros.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
-from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes
+from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes, on_parameters
 
 TASKS = ("detection", "segmentation", "depth")
 MB = 1 << 20
@@ -48,6 +48,8 @@ class SwapModelNode(Node):
                         "or a block store folder", **ro))
         self.declare_parameter("weights", "", ParameterDescriptor(
             description="local checkpoint (.safetensors or a weights_only state dict); empty = random weights", **ro))
+        self.declare_parameter("dtype", "float32", ParameterDescriptor(
+            description="what the store holds and the network computes in: float32, float16 or bfloat16", **ro))
         self.declare_parameter("budget_mb", 64.0, ParameterDescriptor(
             description="this model's share of the coordinator's budget, MiB; applied at the next job boundary",
             floating_point_range=[FloatingPointRange(from_value=0.5, to_value=1e6, step=0.0)]))
@@ -63,7 +65,7 @@ class SwapModelNode(Node):
             floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]))
         self.declare_parameter("publish_color", True, ParameterDescriptor(
             description="segmentation: also publish ~/mask_color (rgb8)"))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        on_parameters(self, self._check_parameters, self._apply_parameters)
         accept_integers_as_doubles(self, ["budget_mb", "deadline_ms", "score_threshold"])
         self.coordinator = coordinator
         self.malformed: dict[str, int] = {}
@@ -85,7 +87,10 @@ class SwapModelNode(Node):
         else:
             self._pub = self.create_publisher(Image, "~/depth", 10)
         self._categories = None
-        self.create_subscription(Image, self.get_parameter("input_topic").value, self._on_image, qos_profile_sensor_data)
+        # rclpy passes the message info (sequence numbers) to two-argument callbacks since Jazzy; Humble
+        # calls with the message alone
+        on_image = self._on_image if hasattr(Subscription, "CallbackType") else (lambda msg: self._on_image(msg, {}))
+        self.create_subscription(Image, self.get_parameter("input_topic").value, on_image, qos_profile_sensor_data)
         coordinator.register(self)
 
     # -- used by the coordinator --------------------------------------------------------------
@@ -101,20 +106,28 @@ class SwapModelNode(Node):
         return self._preprocess(torch.rand(1, 3, h or 240, w or 320))
 
     # -- parameters ----------------------------------------------------------------------------
-    def _on_set_parameters(self, params) -> SetParametersResult:
+    def _check_parameters(self, params) -> SetParametersResult:
         for p in params:
             if p.name == "budget_mb":
                 try:
-                    reason = self.coordinator.request_budget(self.get_name(), mib_to_bytes(p.name, p.value))
+                    reason = self.coordinator.check_budget(self.get_name(), mib_to_bytes(p.name, p.value))
                 except ValueError as e:
                     reason = str(e)
                 if reason:
                     return SetParametersResult(successful=False, reason=reason)
-                self.get_logger().info(f"budget {format_bytes(p.value * MB)}: will be re-planned at the next job boundary")
         return SetParametersResult(successful=True)
 
+    def _apply_parameters(self, params) -> None:
+        for p in params:
+            if p.name == "budget_mb":
+                reason = self.coordinator.request_budget(self.get_name(), mib_to_bytes(p.name, p.value))
+                if reason:  # another budget was applied between the check and now
+                    self.get_logger().error(f"budget {format_bytes(p.value * MB)} accepted but not applied: {reason}")
+                else:
+                    self.get_logger().info(f"budget {format_bytes(p.value * MB)}: re-planned at the next job boundary")
+
     # -- frames --------------------------------------------------------------------------------
-    def _on_image(self, msg: Image, info: MessageInfo) -> None:
+    def _on_image(self, msg: Image, info: dict) -> None:
         arrival = time.monotonic()
         self.frames_received += 1
         self._count_lost_before_intake(info)
@@ -145,9 +158,11 @@ class SwapModelNode(Node):
         header, size, net_size = msg.header, rgb.shape[:2], tuple(x.shape[2:])
         future.add_done_callback(lambda f: self._publish(f, header, size, net_size))
 
-    def _count_lost_before_intake(self, info: MessageInfo) -> None:
+    def _count_lost_before_intake(self, info: dict) -> None:
         sequence, gid = info.get("publication_sequence_number"), info.get("publisher_gid")
-        if not sequence or not gid or sequence >= 2**63:  # an rmw that does not report them (Cyclone: UINT64_MAX)
+        # sequence numbers are per publisher: without its gid (rclpy before Kilted) gaps cannot be told
+        # from another publisher's frames; an rmw that does not report them (Cyclone: UINT64_MAX)
+        if not sequence or not gid or sequence >= 2**63:
             return
         key = bytes(gid["data"])
         first, highest = self._sequences.pop(key, (sequence, sequence - 1))  # the first frame sets the baseline
@@ -195,15 +210,14 @@ class SwapModelNode(Node):
             self._pub.publish(self._detections(out[0], header, h / net_size[0], w / net_size[1]))
         elif self.task == "segmentation":
             logits = out["out"] if isinstance(out, dict) else out
-            logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            ids = logits.argmax(1)[0].numpy()
+            ids = class_ids_at(logits, (h, w))
             ids = ids.astype(np.uint8) if logits.shape[1] <= 256 else ids.astype(np.uint16)
             self._pub.publish(make_image(header, ids, "mono8" if ids.dtype == np.uint8 else "16UC1"))
             if self.get_parameter("publish_color").value:
                 self._color_pub.publish(make_image(header, colorize(ids), "rgb8"))
         else:
             depth = out.predicted_depth if hasattr(out, "predicted_depth") else out
-            depth = torch.nn.functional.interpolate(depth.unsqueeze(1), size=(h, w), mode="bilinear",
+            depth = torch.nn.functional.interpolate(depth.unsqueeze(1).float(), size=(h, w), mode="bilinear",
                                                     align_corners=False)[0, 0]
             self._pub.publish(make_image(header, depth.numpy().astype(np.float32), "32FC1"))
 
@@ -235,3 +249,17 @@ class SwapModelNode(Node):
             except Exception:  # noqa: BLE001 - names are a nicety
                 pass
         return self._categories
+
+
+def class_ids_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Per-pixel class ids of the first image at `size`: argmax at the network's resolution, then
+    nearest-neighbour upsampling of the ids. Upsampling the logits first would hold classes x frame
+    floats (21 x 1080 x 1920 x 4 bytes, 174 MB) outside any budget."""
+    ids = logits[0].argmax(0).to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
+    (h, w), (net_h, net_w) = size, ids.shape
+    if (h, w) != (net_h, net_w):  # nearest source pixel, as interpolate(mode="nearest") picks it
+        rows = (torch.arange(h) * (net_h / h)).long().clamp_(max=net_h - 1)
+        cols = (torch.arange(w) * (net_w / w)).long().clamp_(max=net_w - 1)
+        ids = ids.index_select(0, rows).index_select(1, cols)
+    return ids.numpy()
+

@@ -22,6 +22,25 @@ def accept_integers_as_doubles(node, names) -> None:
         add(convert)
 
 
+def on_parameters(node, check, apply) -> None:
+    """Register `check(params) -> SetParametersResult` (validation only, no side effects) and
+    `apply(params)`, run once the new values are set: rclpy's post-set callback where it exists (Iron
+    and later), else right after a successful check (Humble)."""
+    add_post = getattr(node, "add_post_set_parameters_callback", None)
+    if add_post is not None:
+        node.add_on_set_parameters_callback(check)
+        add_post(apply)
+        return
+
+    def check_then_apply(params):
+        result = check(params)
+        if result.successful:
+            apply(params)
+        return result
+
+    node.add_on_set_parameters_callback(check_then_apply)
+
+
 def mib_to_bytes(name: str, value) -> int:
     """A MiB parameter as bytes; ValueError with the reason for NaN, infinities and non-positive values
     (the descriptors' ranges refuse them too; this keeps the refusal independent of rclpy's checks)."""

@@ -2,7 +2,9 @@
 
 Models sharing one budget must share one process (one arena; on Jetson every CUDA context costs
 hundreds of MB), and rclpy has no component container, so the nodes share the process: the model
-nodes' frame intake on one single-threaded executor in a thread of its own, the coordinator on another.
+nodes' frame intake on one single-threaded executor in a thread of its own, the coordinator on a
+small multi-threaded one, so that its services and status are answered while a transition (a
+conversion inside configure can take minutes) runs.
   perception --ros-args --params-file config/perception.yaml
 """
 
@@ -14,7 +16,7 @@ import threading
 import traceback
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 
 from swapnet_ros.lifecycle_util import stops_quietly_on_shutdown
 from swapnet_ros.coordinator import SwapCoordinator
@@ -35,14 +37,21 @@ def main(args=None) -> int:
 def _serve(args) -> bool:
     """Runs until shutdown; True if frame intake failed."""
     rclpy.init(args=args)
-    coordinator = SwapCoordinator()
-    nodes = [SwapModelNode(name, coordinator) for name in coordinator.get_parameter("models").value]
+    try:
+        coordinator = SwapCoordinator()
+        nodes = [SwapModelNode(name, coordinator) for name in coordinator.get_parameter("models").value]
+    except Exception as e:  # noqa: BLE001 - a bad parameter (out of range, a wrong type, an unknown task)
+        print(f"perception: error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        rclpy.try_shutdown()
+        raise SystemExit(2) from None
     # Two single-threaded executors, not one MultiThreadedExecutor: under the inference thread's load,
     # rclpy's MultiThreadedExecutor left frames untaken for seconds, so the subscriptions' queues
     # overwrote them uncounted (bench/soak.py --overload: half the frames lost, a third of the
     # throughput; RELIABILITY.md). Intake has its own thread so that a coordinator transition
     # (converting a store can take minutes) never stalls it.
-    control, intake = SingleThreadedExecutor(), SingleThreadedExecutor()
+    # The coordinator's executor has threads to spare: a transition holds one while get_state,
+    # parameters and the status timer (each in a callback group of its own) use the others.
+    control, intake = MultiThreadedExecutor(num_threads=3), SingleThreadedExecutor()
     control.add_node(coordinator)
     for node in nodes:
         intake.add_node(node)
@@ -50,15 +59,10 @@ def _serve(args) -> bool:
     intake_thread = threading.Thread(target=spin_intake, args=(intake, intake_failure, coordinator.get_logger()),
                                      name="frame-intake", daemon=True)
     intake_thread.start()
+    if coordinator.get_parameter("autostart").value:  # like nav2's lifecycle manager, while the services spin
+        threading.Thread(target=autostart, args=(coordinator,), name="autostart", daemon=True).start()
     try:
         with stops_quietly_on_shutdown():
-            if coordinator.get_parameter("autostart").value:  # like nav2's lifecycle manager
-                from rclpy.lifecycle import TransitionCallbackReturn
-
-                if coordinator.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                    coordinator.get_logger().error("autostart: configure failed; staying unconfigured")
-                elif coordinator.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                    coordinator.get_logger().error("autostart: activate failed")
             control.spin()
     finally:
         coordinator.serving = False
@@ -72,6 +76,16 @@ def _serve(args) -> bool:
             node.destroy_node()
         rclpy.try_shutdown()
     return bool(intake_failure)
+
+
+def autostart(coordinator) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    with stops_quietly_on_shutdown():
+        if coordinator.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            coordinator.get_logger().error("autostart: configure failed; staying unconfigured")
+        elif coordinator.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            coordinator.get_logger().error("autostart: activate failed")
 
 
 def spin_intake(executor, failure: list, logger) -> None:

@@ -757,3 +757,74 @@ def test_sigterm_during_inference_exits_cleanly(ros_env, store_dir):
         c.close()
         stop_process(proc)
     print(f"\nSIGTERM: {figures}")
+
+
+def test_services_answer_while_configure_converts_a_store(ros_env, tmp_path):
+    """Converting a store inside configure takes as long as the network takes to build; meanwhile the
+    coordinator answers get_state (the transition state), its parameters and its status, which shows
+    the model converting; configure then succeeds."""
+    import rclpy
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rcl_interfaces.srv import GetParameters
+
+    from swapnet_ros.msg import CoordinatorStatus
+
+    params = {
+        "swap_coordinator": {"ros__parameters": {"autostart": False, "store_dir": str(tmp_path / "stores"),
+                                                 "status_period_s": 0.2, "models": ["slow"], "total_budget_mb": 20.0}},
+        "slow": {"ros__parameters": {"task": "segmentation", "model": "toy_models:slow?seconds=8.0",
+                                     "input_size": [32, 32], "budget_mb": 1.0, "input_topic": "/slow/image"}},
+    }
+    test_dir = str(Path(__file__).resolve().parent)
+    proc = start_perception(params, ros_env, name="slow", env_extra={
+        "PYTHONPATH": os.pathsep.join(filter(None, [test_dir, os.environ.get("PYTHONPATH")]))})
+    node = rclpy.create_node("slow_client")
+    statuses = []
+    node.create_subscription(CoordinatorStatus, "/swap_coordinator/status", statuses.append, 10)
+    change = node.create_client(ChangeState, "/swap_coordinator/change_state")
+    get_state = node.create_client(GetState, "/swap_coordinator/get_state")
+    get_params = node.create_client(GetParameters, "/swap_coordinator/get_parameters")
+
+    def answered(client, request, within):
+        start = time.monotonic()
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=within)
+        assert future.done(), f"{client.srv_name} unanswered for {within} s"
+        return future.result(), time.monotonic() - start
+
+    try:
+        for client in (change, get_state, get_params):
+            assert client.wait_for_service(timeout_sec=120), f"no {client.srv_name}"
+        configure = change.call_async(ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+        end = time.monotonic() + 60
+        while not (statuses and statuses[-1].models and statuses[-1].models[0].state == "converting"):
+            assert time.monotonic() < end and proc.poll() is None, "the status never showed the conversion"
+            rclpy.spin_once(node, timeout_sec=0.1)
+        state, seconds = answered(get_state, GetState.Request(), within=3.0)
+        assert state.current_state.id == State.TRANSITION_STATE_CONFIGURING, state.current_state
+        values, _ = answered(get_params, GetParameters.Request(names=["total_budget_mb"]), within=3.0)
+        assert values.values[0].double_value == 20.0
+        assert not configure.done(), "configure ended before the services were tried: the test proves nothing"
+        rclpy.spin_until_future_complete(node, configure, timeout_sec=120)
+        assert configure.done() and configure.result().success
+        state, _ = answered(get_state, GetState.Request(), within=3.0)
+        assert state.current_state.id == State.PRIMARY_STATE_INACTIVE
+        print(f"\nget_state answered in {seconds * 1000:.0f} ms during the conversion")
+    finally:
+        node.destroy_node()
+        stop_process(proc)
+
+
+def test_a_parameter_out_of_its_range_stops_perception_with_one_line(ros_env):
+    """status_period_s 0 would make a busy timer: refused at start-up with the reason, exit code 2, no traceback."""
+    params = params_for(ros_env / "unused")
+    params["swap_coordinator"]["ros__parameters"]["status_period_s"] = 0.0
+    proc = start_perception(params, ros_env, name="bad_period")
+    try:
+        assert proc.wait(60) == 2
+    finally:
+        stop_process(proc)
+    log = proc.log_path.read_text()
+    assert "status_period_s" in log and "Traceback" not in log, log
+    assert sum(line.startswith("perception: error:") for line in log.splitlines()) == 1, log

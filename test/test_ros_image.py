@@ -41,3 +41,33 @@ def test_malformed_images_raise_a_cause(msg, cause):
     with pytest.raises(ImageError) as e:
         image_to_array(msg)
     assert e.value.cause == cause
+
+
+def test_segmentation_class_ids_never_hold_logits_at_frame_size():
+    """Argmax at the network's resolution, then the ids upsampled: the same ids as upsampling the
+    argmax with interpolate(mode="nearest"), and no frame-sized float tensor on the way (21 classes
+    upsampled to 1080x1920 first would be 174 MB outside any budget)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from swapnet_ros.model_node import class_ids_at
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and not t._is_view():  # memory made, not a view of it
+                    self.largest = max(self.largest, t.numel() * t.element_size())
+            return out
+
+    logits = torch.randn(1, 21, 135, 240, generator=torch.Generator().manual_seed(0))
+    with LargestOutput() as mode:
+        ids = class_ids_at(logits, (1080, 1920))
+    assert ids.shape == (1080, 1920) and ids.dtype == np.uint8
+    limit = max(1080 * 1920, logits.numel() * logits.element_size())  # the uint8 ids, or a copy of the logits
+    assert mode.largest <= limit, f"a {mode.largest / 2**20:.0f} MiB tensor was made"
+    nearest = torch.nn.functional.interpolate(logits.argmax(1, keepdim=True).float(), size=(1080, 1920), mode="nearest")
+    assert np.array_equal(ids, nearest[0, 0].to(torch.uint8).numpy())
+    assert np.array_equal(class_ids_at(logits, (135, 240)), logits[0].argmax(0).to(torch.uint8).numpy())
