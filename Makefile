@@ -5,26 +5,45 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STORES := stores
 
-.PHONY: setup build test demo demo-core bench bench-quick clean
+.PHONY: setup build test test-jazzy demo demo-core bench bench-quick clean
 
 setup: $(STAMP)
 
 # (this machine's pip config names local indexes that are absent for most packages: hide that noise)
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt requirements-common.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -r requirements.txt $(PIP_QUIET)
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check --no-deps -e . $(PIP_QUIET)
 	touch $@
 
+# The same package against ROS 2 Jazzy's wheels: a second environment and build (.venv-jazzy,
+# build-jazzy/ install-jazzy/ log-jazzy/), and every test that touches rclpy run against it.
+JAZZY_VENV := .venv-jazzy
+JAZZY_STAMP := $(JAZZY_VENV)/.installed
+ROS_TESTS := test/test_package.py test/test_coordinator.py test/test_ros_image.py test/test_ros_integration.py \
+	test/test_ros_faults.py test/test_ros_fuzz.py test/test_replay_sources.py test/test_launch.py
+
+$(JAZZY_STAMP): requirements-jazzy.txt requirements-common.txt setup.py
+	test -x $(JAZZY_VENV)/bin/python || python3 -m venv $(JAZZY_VENV)
+	set -o pipefail; $(JAZZY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-jazzy.txt $(PIP_QUIET)
+	set -o pipefail; $(JAZZY_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . $(PIP_QUIET)
+	touch $@
+
+test-jazzy: $(JAZZY_STAMP)
+	SWAPNET_DISTRO=jazzy bash scripts/build_ros.sh
+	export SWAPNET_DISTRO=jazzy && source scripts/ros_env.sh && python -P -m pytest -q -p no:cacheprovider $(ROS_TESTS)
+
 build: setup
 	bash scripts/build_ros.sh
 
 # colcon runs the pytest suite (unit, zoo and ROS integration tests) through ament_cmake_pytest
+# then the ROS-facing tests again against Jazzy's rclpy (test-jazzy, below)
 test: build
 	source scripts/ros_env.sh && colcon test --base-paths . --build-base build --install-base install \
 		--packages-select swapnet_ros --return-code-on-test-failure --event-handlers console_direct+
+	$(MAKE) --no-print-directory test-jazzy
 
 $(STORES)/resnet50/manifest.json: $(STAMP)
 	$(VENV)/bin/swapnet convert torchvision:resnet50 --out $(STORES)/resnet50 --force
@@ -54,4 +73,4 @@ bench-quick: setup
 	$(PY) bench/peers.py --quick
 
 clean:
-	rm -rf build install log $(STORES) out
+	rm -rf build install log build-jazzy install-jazzy log-jazzy $(STORES) out

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the swapnet_ros package (messages + Python packages) with colcon, using the
-# ROS 2 PyPI wheels in the repo's .venv. Output goes to build/ install/ log/ at the repo root.
+# ROS 2 PyPI wheels in the repo's .venv. Output goes to build/ install/ log/ at the repo root
+# (SWAPNET_DISTRO=jazzy: .venv-jazzy, and build-jazzy/ install-jazzy/ log-jazzy/).
 #
 #   bash scripts/build_ros.sh [extra colcon build args, e.g. --cmake-clean-cache]
 #   source scripts/ros_env.sh     # afterwards, to use the result
@@ -11,7 +12,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "${ROOT}"
 
-VENV="${ROOT}/.venv"
+case "${SWAPNET_DISTRO:-kilted}" in
+  kilted) SUFFIX="" ;;
+  jazzy) SUFFIX="-jazzy" ;;
+  *) echo "build_ros.sh: SWAPNET_DISTRO must be kilted or jazzy, not ${SWAPNET_DISTRO}" >&2; exit 1 ;;
+esac
+VENV="${ROOT}/.venv${SUFFIX}"
 PY="${VENV}/bin/python"
 if [ ! -x "${PY}" ]; then
   echo "build_ros.sh: no virtual environment at ${VENV} (create it and pip install -r requirements.txt)" >&2
@@ -37,10 +43,10 @@ fi
 # Build only this package: the .venv holds the wheels' package.xml files, and
 # colcon must never mistake them for packages of this workspace.
 set +e
-colcon build \
+colcon --log-base "${ROOT}/log${SUFFIX}" build \
   --base-paths "${ROOT}" \
-  --build-base "${ROOT}/build" \
-  --install-base "${ROOT}/install" \
+  --build-base "${ROOT}/build${SUFFIX}" \
+  --install-base "${ROOT}/install${SUFFIX}" \
   --packages-select swapnet_ros \
   --event-handlers console_direct- console_cohesion- desktop_notification- status- \
   "$@" \
@@ -51,7 +57,7 @@ rc=$?
 set -e
 
 if [ "${rc}" -ne 0 ]; then
-  log="${ROOT}/log/latest_build/swapnet_ros/stdout_stderr.log"
+  log="${ROOT}/log${SUFFIX}/latest_build/swapnet_ros/stdout_stderr.log"
   echo "build_ros.sh: colcon build failed (exit ${rc}); last lines of ${log}:" >&2
   if [ -f "${log}" ]; then tail -n 25 "${log}" >&2; fi
   exit "${rc}"

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Source me (bash or zsh):   source scripts/ros_env.sh
 #
-# Sets up the environment for ROS 2 from the PyPI wheels in the repo's .venv:
+# Sets up the environment for ROS 2 from the PyPI wheels in the repo's .venv (SWAPNET_DISTRO=jazzy:
+# .venv-jazzy and install-jazzy/, the Jazzy build that make test-jazzy makes):
 #   AMENT_PREFIX_PATH / CMAKE_PREFIX_PATH  -> .venv prepended (unless already there)
 #   PATH                                   -> .venv/bin first (moved there, no duplicates)
 #   ROS_AUTOMATIC_DISCOVERY_RANGE          -> LOCALHOST unless already set
@@ -23,9 +24,16 @@ else
 fi
 SWAPNET_ROOT="$(cd "$(dirname "${_swapnet_env_src}")/.." && pwd -P)"
 export SWAPNET_ROOT
-SWAPNET_VENV="${SWAPNET_ROOT}/.venv"
-export SWAPNET_VENV
-unset _swapnet_env_src
+case "${SWAPNET_DISTRO:-kilted}" in
+  kilted) _swapnet_suffix="" ;;
+  jazzy) _swapnet_suffix="-jazzy" ;;
+  *) echo "ros_env.sh: SWAPNET_DISTRO must be kilted or jazzy, not ${SWAPNET_DISTRO}" >&2
+     return 1 2>/dev/null || exit 1 ;;
+esac
+SWAPNET_VENV="${SWAPNET_ROOT}/.venv${_swapnet_suffix}"
+SWAPNET_INSTALL="${SWAPNET_ROOT}/install${_swapnet_suffix}"
+export SWAPNET_VENV SWAPNET_INSTALL
+unset _swapnet_env_src _swapnet_suffix
 
 if [ ! -x "${SWAPNET_VENV}/bin/python" ]; then
   echo "ros_env.sh: warning: no virtual environment at ${SWAPNET_VENV}" >&2
@@ -73,17 +81,17 @@ fi
 
 # The built package (generated messages, swapnet_ros, swapnet_core). colcon's
 # setup scripts read unset variables, so relax `set -u` around them.
-if [ -f "${SWAPNET_ROOT}/install/setup.bash" ] || [ -f "${SWAPNET_ROOT}/install/setup.sh" ]; then
+if [ -f "${SWAPNET_INSTALL}/setup.bash" ] || [ -f "${SWAPNET_INSTALL}/setup.sh" ]; then
   case "$-" in *u*) _swapnet_had_u=1; set +u ;; *) _swapnet_had_u=0 ;; esac
   if [ -n "${BASH_VERSION:-}" ]; then
     # shellcheck disable=SC1091
-    . "${SWAPNET_ROOT}/install/setup.bash"
-  elif [ -n "${ZSH_VERSION:-}" ] && [ -f "${SWAPNET_ROOT}/install/setup.zsh" ]; then
+    . "${SWAPNET_INSTALL}/setup.bash"
+  elif [ -n "${ZSH_VERSION:-}" ] && [ -f "${SWAPNET_INSTALL}/setup.zsh" ]; then
     # shellcheck disable=SC1091
-    . "${SWAPNET_ROOT}/install/setup.zsh"
-  elif [ -f "${SWAPNET_ROOT}/install/setup.sh" ]; then
+    . "${SWAPNET_INSTALL}/setup.zsh"
+  elif [ -f "${SWAPNET_INSTALL}/setup.sh" ]; then
     # shellcheck disable=SC1091
-    . "${SWAPNET_ROOT}/install/setup.sh"
+    . "${SWAPNET_INSTALL}/setup.sh"
   fi
   if [ "${_swapnet_had_u}" = 1 ]; then set -u; fi
   unset _swapnet_had_u

@@ -24,6 +24,7 @@ import threading
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, TransitionCallbackReturn
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
 from swapnet_core import BlockStore, SwapNetError, convert
@@ -63,6 +64,7 @@ class SwapCoordinator(LifecycleNode):
         # which get_state would wait for a configure in progress: build it as it does, with our group
         Node.__init__(self, name, **kwargs)
         LifecycleNodeMixin.__init__(self, enable_communication_interface=True, callback_group=ReentrantCallbackGroup())
+        self._refuse_invalid_transitions()
         self.declare_parameter("total_budget_mb", 512.0, ParameterDescriptor(
             description="weight memory shared by all models, MiB", floating_point_range=[
                 FloatingPointRange(from_value=1.0, to_value=1e6, step=0.0)]))
@@ -94,6 +96,24 @@ class SwapCoordinator(LifecycleNode):
         self._status_lock = threading.Lock()  # the timer and a transition may publish at once
         self.create_timer(self.get_parameter("status_period_s").value, self.publish_status,
                           callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _refuse_invalid_transitions(self) -> None:
+        """An out-of-order change_state (activate while active) must answer success=False. Jazzy's rclpy
+        lets the state machine's RCLError escape the service callback instead, which stops the
+        executor and with it the process; Kilted's answers False itself."""
+        service = self._service_change_state
+        handle = service.callback
+
+        def change_state(request, response):
+            try:
+                return handle(request, response)
+            except _rclpy.RCLError as e:
+                self.get_logger().warning(f"transition {request.transition.id or request.transition.label!r} "
+                                          f"refused in state {self._state_label()}: {e}")
+                response.success = False
+                return response
+
+        service.callback = change_state
 
     # -- model nodes -----------------------------------------------------------------------------
     def register(self, model_node) -> None:

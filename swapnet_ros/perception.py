@@ -81,11 +81,14 @@ def _serve(args) -> bool:
 def autostart(coordinator) -> None:
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    with stops_quietly_on_shutdown():
-        if coordinator.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            coordinator.get_logger().error("autostart: configure failed; staying unconfigured")
-        elif coordinator.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            coordinator.get_logger().error("autostart: activate failed")
+    try:
+        with stops_quietly_on_shutdown():
+            if coordinator.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                coordinator.get_logger().error("autostart: configure failed; staying unconfigured")
+            elif coordinator.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                coordinator.get_logger().error("autostart: activate failed")
+    except Exception as e:  # noqa: BLE001 - a transition someone else started first (rclpy raises RCLError)
+        coordinator.get_logger().error(f"autostart: {e}")
 
 
 def spin_intake(executor, failure: list, logger) -> None:

@@ -78,6 +78,16 @@ def ros_prefix() -> Path:
     return Path(swapnet_ros.__file__).resolve().parents[4]
 
 
+def rclpy_reports_publisher_gid() -> bool:
+    """Whether subscriptions get each message's publisher gid (rclpy in Kilted and later, not Jazzy):
+    without it, frames lost before intake cannot be counted."""
+    try:
+        from rclpy.subscription import MessageInfo
+    except ImportError:
+        return False
+    return "publisher_gid" in getattr(MessageInfo, "__annotations__", {})
+
+
 def ros_executable(name: str) -> str:
     path = ros_prefix() / "lib" / "swapnet_ros" / name
     assert path.is_file(), f"{path} is not installed (colcon build)"

@@ -7,6 +7,7 @@ status and /diagnostics, and SIGTERM / SIGINT during inference (exit time and co
 shared memory, no temp files).
 """
 
+import gc
 import os
 import random
 import shutil
@@ -223,8 +224,10 @@ def test_a_model_that_cannot_be_built_leaks_nothing_per_job(stores, disk_dir):
                 assert isinstance(e, StoreCorruptError), repr(e)
 
         fail(20)  # warm-up: allocator pools, lazily made objects
+        gc.collect()  # a failed job's exception and traceback form cycles: count what outlives a collection
         fds, threads, rss = open_fds(), threading.active_count(), proc.memory_info().rss
         fail(200)
+        gc.collect()
         assert open_fds() - fds <= 2, f"{open_fds() - fds} descriptors more after 200 failing jobs"
         assert threading.active_count() - threads <= 1
         assert proc.memory_info().rss - rss < 16 * MB, f"RSS grew {(proc.memory_info().rss - rss) / MB:.1f} MiB"
@@ -234,7 +237,7 @@ def test_a_model_that_cannot_be_built_leaks_nothing_per_job(stores, disk_dir):
 
 
 # -- the perception process over real DDS ------------------------------------------------------------
-from conftest import call, spin_for, start_perception, stop_process, wait_for  # noqa: E402
+from conftest import call, rclpy_reports_publisher_gid, spin_for, start_perception, stop_process, wait_for  # noqa: E402
 
 PARAMS = {  # two small networks: one can fail while the other serves
     "swap_coordinator": {"ros__parameters": {"total_budget_mb": 20.0, "policy": "edf", "autostart": True,
@@ -476,8 +479,12 @@ def test_overload_drops_are_counted_in_status_and_diagnostics(client):
         m = c.model(n)
         return {k: getattr(m, k) - base[n][k] for k in counters}
 
+    exact = rclpy_reports_publisher_gid()
+
     def accounted(n):
         d = delta(n)
+        if not exact:  # Jazzy: what was lost before intake is not seen; what arrived is all accounted
+            return d["jobs_done"] + d["drops"] == d["frames_received"] >= sent // 2 and d["lost_before_intake"] == 0
         return d["jobs_done"] + d["drops"] == sent and d["frames_received"] + d["lost_before_intake"] == sent
 
     c.status.clear()
@@ -573,6 +580,8 @@ def test_frames_overwritten_before_intake_are_counted_as_drops(ros_env):
     """A burst published while the node's executor is busy overflows its subscription queue
     (sensor-data QoS keeps 5); the overwritten frames never reach the callback, and are counted from
     the publisher's sequence numbers, in the node and in the status."""
+    if not rclpy_reports_publisher_gid():
+        pytest.skip("this rclpy gives no publisher gid with a message (Jazzy): frames lost before intake are not counted")
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
