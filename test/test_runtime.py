@@ -241,3 +241,24 @@ def test_no_o_direct_falls_back_to_buffered_reads_and_says_so_once(resnet, no_di
                 assert torch.equal(model(make_input(X, seed=3)), want)
     warnings = [r for r in caplog.records if "O_DIRECT" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_store_is_exact_against_its_resident_model_and_half_the_bytes(convert_once, disk_dir, dtype):
+    """convert(dtype=) casts the floating-point weights: the store is about half the float32 one, its
+    manifest says so, and swapped outputs equal the resident model of the same store bit for bit."""
+    from swapnet_core import convert
+
+    full = convert_once(RESNET, X)
+    half = convert(RESNET, disk_dir / f"resnet18-{dtype}", input_spec=X, dtype=dtype, force=True, progress=False)
+    assert half.dtype == dtype and BlockStore(half.path).manifest["dtype"] == dtype
+    assert half.total_bytes <= full.total_bytes * 0.52, (half.total_bytes, full.total_bytes)
+    x = half.make_input(X, seed=3)
+    assert x.dtype == getattr(torch, dtype)
+    with torch.no_grad():
+        want = load_resident(half)(x)
+        assert want.dtype == getattr(torch, dtype) and torch.isfinite(want).all()
+        for io in ("direct", "mmap"):
+            with SwapModel(half, "1/4", io=io) as model:
+                assert torch.equal(model(x), want)
+                assert model.stats.peak_resident_weight_bytes <= model.budget_bytes
