@@ -179,7 +179,7 @@ def accelerate_model(store, budget: int, folder: Path):
 
 def build(contender: str, store, budget: int, x, folder: Path):
     """(callable, files it reads at run time, facts about it)"""
-    from swapnet_core import SwapModel, load_resident
+    from swapnet_core import open_swapped, load_resident
     if contender == "resident":
         return load_resident(store), [], {}
     if contender == "naive":
@@ -192,7 +192,7 @@ def build(contender: str, store, budget: int, x, folder: Path):
                               "in_memory_modules": sum(v == "cpu" for v in device_map.values()),
                               "offloaded_bytes": sum(f.stat().st_size for f in files)}
     io = contender.removeprefix("ours_")
-    model = SwapModel(store, budget, io=io, plan="optimal", example_input=x)
+    model = open_swapped(store, budget, io=io, plan="optimal", example_input=x)
     return model, [store.weights_path], {"blocks": len(model.plan.blocks),
                                         "predicted_ms": model.plan.prediction.latency_s * 1000}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from swapnet_core import SwapModel, load_profile, load_resident, make_plan, minimum_budget
+from swapnet_core import open_swapped, load_profile, load_resident, make_plan, minimum_budget
 from swapnet_core.models import call_model, make_input, max_abs_diff
 from swapnet_core.sizes import format_bytes, parse_size
 
@@ -61,7 +61,7 @@ def main() -> int:
                 t = time.perf_counter()
                 plan = make_plan(store, budget, kind, profiles[io])
                 planning_ms = (time.perf_counter() - t) * 1000
-                configs.append((share, budget, io, SwapModel(store, budget, io=io, plan=plan), planning_ms))
+                configs.append((share, budget, io, open_swapped(store, budget, io=io, plan=plan), planning_ms))
         with torch.no_grad():
             want = call_model(resident, store.call, x)  # warm-up and reference
             diffs = {id(c[3]): max_abs_diff(want, call_model(c[3], store.call, x)) for c in configs}

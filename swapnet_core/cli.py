@@ -83,15 +83,13 @@ def _plan_options(p) -> None:
 
 
 def _make_plan(args, store, x):
-    from .plan import make_plan
-    from .profile import load_profile
-    from .sizes import parse_size
+    from .compose import plan_for, profile_for
 
-    reserve = 0 if str(args.activation_reserve).strip() in ("0", "") else parse_size(args.activation_reserve)
-    budget = parse_size(args.budget, of=store.total_bytes)
-    profile = load_profile(store, x, args.device, args.io, refresh=args.reprofile, budget_bytes=budget)
-    t = time.perf_counter()
-    plan = make_plan(store, budget, args.plan, profile, args.prefetch, reserve)
+    reserve = 0 if str(args.activation_reserve).strip() in ("0", "") else args.activation_reserve
+    profile = profile_for(store, args.budget, example_input=x, device=args.device, io=args.io, refresh=args.reprofile)
+    t = time.perf_counter()  # planning alone: profiling happens once per store and input
+    plan, _ = plan_for(store, args.budget, args.plan, device=args.device, io=args.io, prefetch=args.prefetch,
+                       activation_reserve=reserve, profile=profile)
     return plan, profile, time.perf_counter() - t
 
 
@@ -150,7 +148,7 @@ def _run(args) -> int:
     store = BlockStore(args.store)
     x = store.make_input(args.input).to(args.device)
     plan, _profile, _seconds = _make_plan(args, store, x)
-    swapped = SwapModel(store, plan.budget_bytes, device=args.device, io=args.io, plan=plan, verify=args.verify)
+    swapped = SwapModel(store, plan, device=args.device, io=args.io, verify=args.verify)
     resident = load_resident(store, args.device) if args.compare_resident else None
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
 

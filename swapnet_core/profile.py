@@ -69,11 +69,11 @@ def profile_compute(store: BlockStore, x: torch.Tensor, device: str = "cpu", run
     within `budget_bytes` (default: the smallest budget), reading on demand with no prefetch, so
     profiling needs no more memory than running; the read time is taken out of each window."""
     from .plan import minimum_budget, plan_greedy
-    from .runtime import SwapModel
+    from .runtime import SwapModel  # here: the planner imports this module's types, the runtime the planner's
 
     device = torch.device(device)
     budget = max(minimum_budget(store, 0), min(budget_bytes or 0, store.total_bytes))
-    model = SwapModel(store, budget, device=device, prefetch=0, plan=plan_greedy(store, budget, prefetch=0))
+    model = SwapModel(store, plan_greedy(store, budget, prefetch=0), device=device)
     modules = dict(model.module.named_modules())
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     marks: list[tuple[int, float, float]] = []  # (unit, time, stall seconds so far)

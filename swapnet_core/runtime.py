@@ -22,9 +22,7 @@ from torch import nn
 
 from .io import BlockReader
 from .memory import ArenaMemory
-from .plan import Plan, make_plan
-from .profile import load_profile
-from .sizes import parse_size
+from .plan import Plan
 from .errors import (StoreError, StoreMismatchError, StoreNotFoundError, SwapNetError,
                      WeightNotResidentError)
 from .store import BlockStore, Unit
@@ -117,31 +115,25 @@ class _Resident:
 
 class SwapModel:
     """Callable like the original module; peak weight memory bounded by the plan's arena.
+    (swapnet_core.open_swapped makes one from a budget and a plan kind.)
 
-    store:  a BlockStore or its path.      budget_bytes: bytes, or a string such as '96MB', '25%', '1/4'.
+    store:  a BlockStore or its path.      plan: a Plan for this store (swapnet_core.plan).
     device: 'cpu' or 'cuda[:N]'.            io: 'direct' (O_DIRECT into the arena) or 'mmap'.
-    prefetch: 1 reads the next block while the current one computes; 0 reads on demand.
     verify: "first" checks each unit's CRC32 on its first read and whenever the file changes;
             "always" on every read; "never".
+    arena:  a region of a shared ArenaMemory (a scheduler's); default: its own.
     """
 
-    def __init__(self, store: BlockStore | str, budget_bytes: int | str, device: str | torch.device = "cpu",
-                 io: str = "direct", prefetch: int = 1, plan: Plan | str = "optimal", verify: str = "first",
-                 example_input: torch.Tensor | None = None, activation_reserve: int = 0,
-                 arena: ArenaRegion | None = None):
+    def __init__(self, store: BlockStore | str, plan: Plan, *, device: str | torch.device = "cpu",
+                 io: str = "direct", verify: str = "first", arena: ArenaRegion | None = None):
         self.store = store if isinstance(store, BlockStore) else BlockStore(store)
         self.device = torch.device(device)
         if io == "mmap" and self.device.type != "cpu":
             raise ValueError("io='mmap' computes on mapped file pages, which only the CPU can; use io='direct'")
-        self.budget_bytes = parse_size(budget_bytes, of=self.store.total_bytes)
-        if not (type(activation_reserve) is int and activation_reserve == 0):
-            activation_reserve = parse_size(activation_reserve, of=self.store.total_bytes)
         if not isinstance(plan, Plan):
-            profile = None
-            if plan == "optimal":
-                x = example_input if example_input is not None else self.store.make_input()
-                profile = load_profile(self.store, x, self.device, io, budget_bytes=self.budget_bytes)
-            plan = make_plan(self.store, self.budget_bytes, plan, profile, prefetch, activation_reserve)
+            raise TypeError(f"SwapModel takes a Plan, not {type(plan).__name__} (swapnet_core.open_swapped "
+                            f"makes one from a budget and a plan kind)")
+        self.budget_bytes = plan.budget_bytes
         self.plan = plan
         self.io, self.verify = io, verify
         self.stats = SwapStats()

@@ -32,8 +32,8 @@ import torch
 from .errors import BudgetError, BudgetTooSmallError, SwapNetError
 from .memory import ArenaMemory
 from .models import call_model
-from .plan import make_plan, minimum_budget
-from .profile import load_profile
+from .compose import plan_for
+from .plan import minimum_budget
 from .runtime import ArenaRegion, SwapModel
 from .sizes import align_up, format_bytes, parse_size
 from .store import UNIT_ALIGN, BlockStore
@@ -335,13 +335,10 @@ class Scheduler:
         return errors
 
     def _build_model(self, m: _Model) -> None:
-        profile = None
-        if m.plan_kind == "optimal":
-            profile = load_profile(m.store, m.example, self.device, self.io, budget_bytes=m.budget)
-        plan = make_plan(m.store, m.budget, m.plan_kind, profile, m.prefetch)
+        plan, _profile = plan_for(m.store, m.budget, m.plan_kind, example_input=m.example, device=self.device,
+                                  io=self.io, prefetch=m.prefetch)
         offset, size = m.region
-        m.swap = SwapModel(m.store, m.budget, device=self.device, io=self.io, plan=plan,
-                           arena=ArenaRegion(self._arena, offset, size))
+        m.swap = SwapModel(m.store, plan, device=self.device, io=self.io, arena=ArenaRegion(self._arena, offset, size))
         m.swap.read_log = _ReadLog(self.reads, m.name)
         m.swap.on_block_boundary = self._boundary_hook(m)
 

@@ -18,7 +18,7 @@ import torch
 
 from conftest import TEST_DIR
 from swapnet_core import (BlockStore, StoreCorruptError, StoreError, StoreFormatError, StoreMismatchError,
-                          StoreNotFoundError, StoreTruncatedError, SwapModel, SwapNetError, convert, load_resident)
+                          StoreNotFoundError, StoreTruncatedError, open_swapped, SwapNetError, convert, load_resident)
 from swapnet_core.io import BlockReader, HostBuffer
 from swapnet_core.models import make_input
 
@@ -404,7 +404,7 @@ def test_a_store_naming_an_unmarked_function_is_refused_without_calling_it(tmp_p
     (evil / "manifest.json").write_text(json.dumps(manifest))
     store = BlockStore(evil)  # the layout is sound: only the reference is refused, when it would be used
     with pytest.raises(ModelRefError, match="not marked as a model factory"):
-        SwapModel(store, store.total_bytes)
+        open_swapped(store, store.total_bytes)
     with pytest.raises(ModelRefError, match="not marked as a model factory"):
         load_resident(store)
     cli = run_python("import sys; from swapnet_core.cli import main; sys.exit(main(sys.argv[1:]))",
@@ -450,7 +450,7 @@ def put_back(path: Path, data: bytes) -> None:
 def test_truncated_then_restored_in_place(live, disk_dir, io):
     store, data, x, want = live
     s = fresh_copy(store, disk_dir / f"trunc_{io}")
-    with SwapModel(s, "1/2", io=io, plan="greedy") as model:
+    with open_swapped(s, "1/2", io=io, plan="greedy") as model:
         assert torch.equal(model(x), want)
         for cut in (s.file_bytes // 2, s.units[-1].offset + 100):  # early units, then only the last one
             os.truncate(s.weights_path, cut)
@@ -471,7 +471,7 @@ def test_corrupted_then_restored_in_place(live, disk_dir, io):
     store, data, x, want = live
     s = fresh_copy(store, disk_dir / f"corrupt_{io}")
     victim = s.units[len(s.units) // 2]
-    with SwapModel(s, "1/2", io=io, plan="greedy") as model:
+    with open_swapped(s, "1/2", io=io, plan="greedy") as model:
         assert torch.equal(model(x), want)
         with open(s.weights_path, "r+b") as f:
             f.seek(victim.offset + 3)
@@ -488,7 +488,7 @@ def test_corrupted_then_restored_in_place(live, disk_dir, io):
 def test_a_failed_prefetch_does_not_poison_later_calls(live, disk_dir, io):
     store, data, x, want = live
     s = fresh_copy(store, disk_dir / f"prefetch_{io}")
-    with SwapModel(s, "1/2", io=io, plan="greedy") as model:
+    with open_swapped(s, "1/2", io=io, plan="greedy") as model:
         assert torch.equal(model(x), want)
         os.truncate(s.weights_path, 8192)
         model.prefetch()  # as a scheduler does for the next job: fails on the I/O thread, raises nothing
@@ -522,7 +522,7 @@ def test_reconverted_store_is_followed_or_refused(live, disk_dir, tmp_path):
     with torch.no_grad():
         want_other = other(x)
     # in both io modes: a swapped model, and one that keeps every block resident (read once, at open)
-    models = [SwapModel(BlockStore(folder), budget, io=io, plan="greedy")
+    models = [open_swapped(BlockStore(folder), budget, io=io, plan="greedy")
               for io in ("direct", "mmap") for budget in ("1/2", s.total_bytes * 2)]
     try:
         for model in models:

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swapnet_core import (BlockStore, BudgetError, BudgetTooSmallError, SwapModel, SwapNetError, load_resident,
+from swapnet_core import (BlockStore, BudgetError, BudgetTooSmallError, open_swapped, SwapNetError, load_resident,
                           minimum_budget)
 from swapnet_core.models import make_input
 from swapnet_core.sizes import MAX_SIZE, parse_size
@@ -162,7 +162,7 @@ def open_and_run(folder, x, want):
         return
     for io in ("direct", "mmap"):
         try:
-            with SwapModel(store, budget, io=io, plan="greedy") as model:
+            with open_swapped(store, budget, io=io, plan="greedy") as model:
                 out = model(x)
         except SwapNetError as e:
             assert str(e)
@@ -272,7 +272,7 @@ def test_swapmodel_budgets_are_refused_with_the_reason_or_honoured(fuzz_stores, 
     store = convert_once(RESNET, X)
     minimum = minimum_budget(store)
     try:
-        model = SwapModel(store, budget, plan="greedy")
+        model = open_swapped(store, budget, plan="greedy")
     except BudgetTooSmallError as e:
         assert e.minimum_bytes == minimum and str(minimum) in str(e)
         assert parse_size(budget, of=store.total_bytes) < minimum
@@ -292,7 +292,7 @@ def test_activation_reserve_and_budget_types_are_checked(convert_once):
     store = convert_once(RESNET, X)
     for bad in [-1, float("nan"), "lots", None, [64]]:
         with pytest.raises(BudgetError):
-            SwapModel(store, "1/2", plan="greedy", activation_reserve=bad)
+            open_swapped(store, "1/2", plan="greedy", activation_reserve=bad)
     with pytest.raises(BudgetTooSmallError) as e:  # a reserve counts against the budget
-        SwapModel(store, minimum_budget(store), plan="greedy", activation_reserve="1MiB")
+        open_swapped(store, minimum_budget(store), plan="greedy", activation_reserve="1MiB")
     assert e.value.minimum_bytes == minimum_budget(store) + (1 << 20)

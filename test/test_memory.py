@@ -12,7 +12,7 @@ ALLOWANCE = 24 << 20  # allocator slack, kernel workspaces, the I/O thread's sta
 
 PROBE = r"""
 import json, sys, torch
-from swapnet_core import BlockStore, SwapModel, load_resident
+from swapnet_core import BlockStore, open_swapped, load_resident
 from swapnet_core.models import call_model, make_input
 
 def status():
@@ -35,7 +35,7 @@ with torch.no_grad():
     reset_peak()
     base = status()["VmRSS"]
     if mode == "swapped":
-        model = SwapModel(store, budget)
+        model = open_swapped(store, budget)
     elif mode == "resident":
         model = load_resident(store)
     for _ in range(3):

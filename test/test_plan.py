@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from swapnet_core import BudgetTooSmallError, SwapModel, load_profile, make_plan, minimum_budget
+from swapnet_core import BudgetTooSmallError, open_swapped, load_profile, make_plan, minimum_budget
 from swapnet_core.models import make_input
 from swapnet_core.plan import optimal_cut, predict
 
@@ -93,7 +93,7 @@ def test_minimum_budget_is_exact_and_above_the_model_all_is_resident(resnet_prof
         make_plan(store, minimum + reserve - 1, "optimal", profile, activation_reserve=reserve)
     whole = make_plan(store, store.total_bytes, "optimal", profile)
     assert whole.keep_resident and whole.prediction.exposed_io_s == 0
-    with SwapModel(store, store.total_bytes, plan=whole) as model:
+    with open_swapped(store, store.total_bytes, plan=whole) as model:
         model(make_input("random:1x3x64x64"))
         model(make_input("random:1x3x64x64"))
         assert model.stats.bytes_read == store.total_bytes  # once, at open

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from swapnet_core import (BudgetTooSmallError, BlockStore, StoreCorruptError, StoreMismatchError, StoreNotFoundError,
-                          StoreTruncatedError, SwapModel, load_resident, minimum_budget)
+                          StoreTruncatedError, open_swapped, load_resident, minimum_budget)
 from swapnet_core.models import make_input
 from swapnet_core.sizes import parse_size
 
@@ -32,7 +32,7 @@ def resnet(convert_once):
 def test_swapped_is_bit_identical_and_within_budget(resnet, share, io, prefetch, plan):
     store, want = resnet
     budget = max(parse_size(share, of=store.total_bytes), minimum_budget(store, prefetch))
-    with SwapModel(store, budget, io=io, prefetch=prefetch, plan=plan) as model:
+    with open_swapped(store, budget, io=io, prefetch=prefetch, plan=plan) as model:
         for _ in range(3):
             assert torch.equal(model(make_input(X, seed=3)), want)
         s, p = model.stats, model.plan
@@ -52,7 +52,7 @@ def test_swapped_is_bit_identical_and_within_budget(resnet, share, io, prefetch,
 
 def test_budget_above_the_model_keeps_everything_resident(resnet):
     store, want = resnet
-    with SwapModel(store, store.total_bytes * 2) as model:
+    with open_swapped(store, store.total_bytes * 2) as model:
         for _ in range(3):
             assert torch.equal(model(make_input(X, seed=3)), want)
         assert model.stats.bytes_read == store.total_bytes  # read once, kept between calls
@@ -63,24 +63,24 @@ def test_budget_below_minimum_is_refused_with_the_minimum(resnet):
     store, _ = resnet
     minimum = minimum_budget(store)
     with pytest.raises(BudgetTooSmallError) as e:
-        SwapModel(store, minimum - 1)
+        open_swapped(store, minimum - 1)
     assert e.value.minimum_bytes == minimum and str(minimum) in str(e.value)
     for bad in ["0", "-5MB", "nan", "lots", "1/0", "12 parsecs"]:
         with pytest.raises(ValueError):
-            SwapModel(store, bad)
+            open_swapped(store, bad)
 
 
 def test_budget_strings(resnet):
     store, _ = resnet
     assert parse_size("96MB") == 96_000_000 and parse_size("64MiB") == 64 << 20
     assert parse_size("25%", of=1000) == parse_size("1/4", of=1000) == parse_size("0.25x", of=1000) == 250
-    with SwapModel(store, "1/2") as model:
+    with open_swapped(store, "1/2") as model:
         assert model.budget_bytes == store.total_bytes // 2
 
 
 def test_a_failing_forward_leaves_the_model_usable(resnet):
     store, want = resnet
-    with SwapModel(store, "1/2") as model:
+    with open_swapped(store, "1/2") as model:
         with pytest.raises(RuntimeError):
             model(torch.zeros(1, 7, 64, 64))  # wrong channel count: fails inside the first conv
         assert torch.equal(model(make_input(X, seed=3)), want)
@@ -88,7 +88,7 @@ def test_a_failing_forward_leaves_the_model_usable(resnet):
 
 def test_close_releases_everything(resnet):
     store, _ = resnet
-    model = SwapModel(store, "1/2")
+    model = open_swapped(store, "1/2")
     model(make_input(X))
     model.close()
     assert all(p.device.type == "meta" for p in model.module.parameters())
@@ -111,12 +111,12 @@ def test_flipped_byte_names_the_unit_and_file(resnet, disk_dir):
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
     for io in ("direct", "mmap"):
-        with SwapModel(bad, "1/2", io=io, plan="greedy") as model:  # greedy: the unit is swapped in per call
+        with open_swapped(bad, "1/2", io=io, plan="greedy") as model:  # greedy: the unit is swapped in per call
             with pytest.raises(StoreCorruptError) as e:
                 model(make_input(X))
             assert e.value.unit == unit.name and str(bad.weights_path) in str(e.value)
     with pytest.raises(StoreCorruptError):  # a resident block is checked when it is loaded, at open
-        SwapModel(bad, bad.total_bytes)
+        open_swapped(bad, bad.total_bytes)
 
 
 @pytest.mark.parametrize("io", ["direct", "mmap"])
@@ -124,7 +124,7 @@ def test_a_store_changed_while_in_use_is_checked_again(resnet, disk_dir, io):
     store, want = resnet
     live = copy_store(store, disk_dir / f"live_{io}")
     unit = live.units[-3]
-    with SwapModel(live, "1/2", io=io, plan="greedy") as model:  # verify="first"
+    with open_swapped(live, "1/2", io=io, plan="greedy") as model:  # verify="first"
         assert torch.equal(model(make_input(X, seed=3)), want)  # every unit checked once
         with open(live.weights_path, "r+b") as f:  # written while the model runs: mtime changes
             f.seek(unit.offset + 67)  # the high byte of a float32: a large change
@@ -147,19 +147,19 @@ def test_verify_modes(resnet, disk_dir):
         b = f.read(1)
         f.seek(fc.offset + bias.offset + 3)
         f.write(bytes([b[0] ^ 0x40]))
-    with SwapModel(bad, "1/2", plan="greedy", verify="always") as model:
+    with open_swapped(bad, "1/2", plan="greedy", verify="always") as model:
         with pytest.raises(StoreCorruptError):
             model(make_input(X))
-    with SwapModel(bad, "1/2", plan="greedy", verify="never") as model:  # the user's choice: no check
+    with open_swapped(bad, "1/2", plan="greedy", verify="never") as model:  # the user's choice: no check
         assert not torch.equal(model(make_input(X, seed=3)), want)
     with pytest.raises(ValueError, match="verify"):
-        SwapModel(bad, "1/2", plan="greedy", verify="sometimes")
+        open_swapped(bad, "1/2", plan="greedy", verify="sometimes")
 
 
 def test_truncated_store_is_refused_at_open_and_at_read(resnet, disk_dir):
     store, _ = resnet
     bad = copy_store(store, disk_dir / "truncated")
-    model = SwapModel(bad, "1/2", plan="greedy")  # opened while whole
+    model = open_swapped(bad, "1/2", plan="greedy")  # opened while whole
     os.truncate(bad.weights_path, bad.file_bytes // 2)
     with pytest.raises(StoreTruncatedError, match="truncated"):
         BlockStore(bad.path)
@@ -183,7 +183,7 @@ def test_manifest_of_another_model_is_refused(resnet, convert_once, disk_dir):
     m["architecture"]["ref"] = "torchvision:resnet34"
     (renamed.path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(StoreMismatchError, match="does not match"):
-        SwapModel(renamed.path, "1/2")
+        open_swapped(renamed.path, "1/2")
     with pytest.raises(StoreNotFoundError):
         BlockStore(disk_dir)
 
@@ -197,12 +197,12 @@ def test_direct_io_bypasses_the_page_cache(resnet):
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
     assert page_cache_residency(store.weights_path) < 0.05
-    with SwapModel(store, "1/2", io="direct") as model:
+    with open_swapped(store, "1/2", io="direct") as model:
         assert model._reader.effective_mode == "direct"
         for _ in range(2):
             model(make_input(X))
     assert page_cache_residency(store.weights_path) < 0.05
-    with SwapModel(store, "1/2", io="mmap") as model:  # the check can fail: mmap fills the cache
+    with open_swapped(store, "1/2", io="mmap") as model:  # the check can fail: mmap fills the cache
         model(make_input(X))
     assert page_cache_residency(store.weights_path) > 0.9
 
@@ -236,7 +236,7 @@ def test_no_o_direct_falls_back_to_buffered_reads_and_says_so_once(resnet, no_di
     copy = copy_store(store, no_direct_io_dir / "store")
     with caplog.at_level("WARNING"):
         for _ in range(2):
-            with SwapModel(copy, "1/2", io="direct") as model:
+            with open_swapped(copy, "1/2", io="direct") as model:
                 assert model._reader.effective_mode == "buffered"
                 assert torch.equal(model(make_input(X, seed=3)), want)
     warnings = [r for r in caplog.records if "O_DIRECT" in r.getMessage()]
@@ -259,6 +259,6 @@ def test_a_half_precision_store_is_exact_against_its_resident_model_and_half_the
         want = load_resident(half)(x)
         assert want.dtype == getattr(torch, dtype) and torch.isfinite(want).all()
         for io in ("direct", "mmap"):
-            with SwapModel(half, "1/4", io=io) as model:
+            with open_swapped(half, "1/4", io=io) as model:
                 assert torch.equal(model(x), want)
                 assert model.stats.peak_resident_weight_bytes <= model.budget_bytes

@@ -4,7 +4,7 @@ data-dependent branches, buffers. Each stays bit-identical when swapped."""
 import pytest
 import torch
 
-from swapnet_core import SwapModel, load_resident
+from swapnet_core import open_swapped, load_resident
 from swapnet_core.models import call_model, make_input, max_abs_diff
 from swapnet_core.plan import minimum_budget, segments
 
@@ -15,7 +15,7 @@ def run_both(store, x, **kw):
     resident = load_resident(store)
     with torch.no_grad():
         want = call_model(resident, store.call, x)
-    with SwapModel(store, minimum_budget(store, kw.get("prefetch", 1)), **kw) as swapped:
+    with open_swapped(store, minimum_budget(store, kw.get("prefetch", 1)), **kw) as swapped:
         got = [call_model(swapped, store.call, x) for _ in range(2)]
         stats = swapped.stats
     return max(max_abs_diff(want, g) for g in got), stats
@@ -97,7 +97,7 @@ def test_state_updated_in_place_persists_like_the_resident_models(convert_once):
     assert [t.name for u in store.units if u.pinned for t in u.tensors] == ["steps"]
     resident = load_resident(store)
     x = make_input(SMALL, seed=1)
-    with SwapModel(store, minimum_budget(store)) as swapped, torch.no_grad():
+    with open_swapped(store, minimum_budget(store)) as swapped, torch.no_grad():
         for _ in range(3):  # the counter was stored as before the trace, and both count alike
             assert torch.equal(call_model(resident, store.call, x), call_model(swapped, store.call, x))
         assert resident.steps.item() == 3
@@ -115,7 +115,7 @@ def test_an_evicted_weight_raises_instead_of_computing_on_garbage(convert_once):
     from swapnet_core import WeightNotResidentError
 
     store = convert_once("toy_models:shared_head", SMALL)
-    with SwapModel(store, minimum_budget(store)) as model:
+    with open_swapped(store, minimum_budget(store)) as model:
         weight = model.module.head_cls.weight  # not resident between calls
         assert weight.shape == (4, 8, 1, 1) and weight.device.type == "meta"
         with pytest.raises(WeightNotResidentError, match="head_cls.weight"):

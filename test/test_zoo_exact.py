@@ -4,7 +4,7 @@ feasible, if higher), in both io modes: swapped outputs are bit-identical to the
 import pytest
 import torch
 
-from swapnet_core import SwapModel, load_resident, minimum_budget
+from swapnet_core import open_swapped, load_resident, minimum_budget
 from swapnet_core.models import call_model, make_input, max_abs_diff
 from swapnet_core.sizes import parse_size
 
@@ -35,7 +35,7 @@ def reference(convert_once, name):
 def test_zoo_swapped_is_bit_identical(convert_once, name, share, io):
     store, want = reference(convert_once, name)
     budget = max(parse_size(share, of=store.total_bytes), minimum_budget(store))
-    with SwapModel(store, budget, io=io) as model:
+    with open_swapped(store, budget, io=io) as model:
         got = call_model(model, store.call, make_input(ZOO[name][1], seed=7))
         assert max_abs_diff(want, got) == 0
         assert model.stats.peak_resident_weight_bytes <= budget
