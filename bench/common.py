@@ -8,17 +8,46 @@ import os
 from pathlib import Path
 
 
-def open_or_convert(folder_name: str, ref: str, input_spec: str, stores: str | os.PathLike):
-    """The store for `ref` under stores/folder_name, converted (with progress) if missing or stale."""
+def open_or_convert(folder_name: str, ref: str, input_spec: str, stores: str | os.PathLike, dtype: str = "float32"):
+    """The store for `ref` (random weights, this trace input and dtype) under stores/folder_name,
+    converted (with progress) if missing or not that."""
     from swapnet_core import BlockStore, SwapNetError, convert
+    from swapnet_core.identity import identity_mismatch
     path = Path(stores) / folder_name
     try:
         store = BlockStore(path)
-        if store.ref == ref:
+        if identity_mismatch(store, ref, input_spec=input_spec, dtype=dtype) is None:
             return store
     except SwapNetError:
         pass
-    return convert(ref, path, input_spec=input_spec, force=path.exists())
+    return convert(ref, path, input_spec=input_spec, force=path.exists(), dtype=dtype)
+
+
+def storage_bandwidth(path: str | os.PathLike, threads: int = 4, chunk: int = 8 << 20) -> float:
+    """Bytes per second of reading the whole file with `threads` concurrent O_DIRECT reads of `chunk`
+    bytes (the page cache bypassed): what the storage gives this file now."""
+    import mmap
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = os.path.getsize(path) // 4096 * 4096
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    bufs = [mmap.mmap(-1, chunk) for _ in range(threads)]
+    try:
+        def lane(k):
+            view = memoryview(bufs[k])
+            for off in range(k * chunk, size, threads * chunk):
+                os.preadv(fd, [view[:min(chunk, size - off)]], off)
+            view.release()
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lane, range(threads)))
+        return size / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        for b in bufs:
+            b.close()
 
 
 def p95(values) -> float:

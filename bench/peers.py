@@ -193,8 +193,11 @@ def build(contender: str, store, budget: int, x, folder: Path):
                               "offloaded_bytes": sum(f.stat().st_size for f in files)}
     io = contender.removeprefix("ours_")
     model = open_swapped(store, budget, io=io, plan="optimal", example_input=x)
-    return model, [store.weights_path], {"blocks": len(model.plan.blocks),
-                                        "predicted_ms": model.plan.prediction.latency_s * 1000}
+    p = model.plan
+    return model, [store.weights_path], {"blocks": len(p.blocks), "predicted_ms": p.prediction.latency_s * 1000,
+                                        "planned_read_bytes": p.prediction.read_bytes,
+                                        "kept_resident_bytes": p.pinned_bytes + p.resident_bytes,
+                                        "swap_region_bytes": p.swap_bytes}
 
 
 def _bytes_loaded(contender: str, model) -> int:
@@ -221,7 +224,7 @@ def worker(spec: dict) -> int:
 
     torch.manual_seed(0)
     store = BlockStore(spec["store"])
-    x = make_input(spec["input"], seed=1)
+    x = store.make_input(spec["input"], seed=1)
     base_rss = process_memory()["rss"]
     folder = Path(spec["scratch"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -294,14 +297,17 @@ def _outputs(path: str) -> list:
     return [tensors[str(i)] for i in range(len(tensors))]
 
 
-def bench_model(name, ref, spec, shares, args, scratch: Path) -> list[dict]:
+def bench_model(name, ref, spec, shares, args, scratch: Path, contenders=CONTENDERS, dtype="float32",
+                between_rounds=None) -> list[dict]:
+    """Rows for every contender at every budget, from one interleaved session; between_rounds(store)
+    is called after each round of forwards (a measurement that must share the run)."""
     from tqdm import tqdm
     from swapnet_core import load_profile, minimum_budget
-    from swapnet_core.models import make_input, max_abs_diff
+    from swapnet_core.models import max_abs_diff
     from swapnet_core.sizes import parse_size
 
-    store = open_or_convert(name, ref, spec, args.stores)
-    x = make_input(spec, seed=1)
+    store = open_or_convert(name, ref, spec, args.stores, dtype)
+    x = store.make_input(spec, seed=1)
     floor = minimum_budget(store)
     for io in ("direct", "mmap"):  # profiled once here, not by several workers at once
         load_profile(store, x, "cpu", io, budget_bytes=floor)
@@ -318,7 +324,7 @@ def bench_model(name, ref, spec, shares, args, scratch: Path) -> list[dict]:
         return Worker({"contender": contender, "store": str(store.path), "budget": budget, "input": spec,
                        "output": str(scratch / f"{tag}.safetensors"), "scratch": str(scratch / tag)}, log_dir)
 
-    pending = [("resident", store.total_bytes)] + [(c, b) for b in budgets for c in CONTENDERS if c != "resident"]
+    pending = [("resident", store.total_bytes)] + [(c, b) for b in budgets for c in contenders if c != "resident"]
     workers = []
     bar = tqdm(total=len(pending), desc=f"{name}: set up", file=sys.stderr, leave=False)
     while pending:
@@ -339,6 +345,8 @@ def bench_model(name, ref, spec, shares, args, scratch: Path) -> list[dict]:
                 w.times[storage].append(r["ms"])
                 w.reads[storage].append(r["storage_read_bytes"])
                 w.loaded[storage].append(r["bytes_loaded"])
+            if between_rounds is not None:
+                between_rounds(store)
     rows = []
     resident = workers[0]
     finished = {id(w): w.ask("done") for w in workers}
@@ -351,7 +359,7 @@ def bench_model(name, ref, spec, shares, args, scratch: Path) -> list[dict]:
         share = "1/1" if c == "resident" else budgets[budget]
         for storage in ("warm", "cold"):
             med = statistics.median(w.times[storage])
-            row = {"model": name, "ref": ref, "input": spec, "weight_bytes": store.total_bytes,
+            row = {"model": name, "ref": ref, "input": spec, "dtype": store.dtype, "weight_bytes": store.total_bytes,
                    "budget_fraction": share, "budget_bytes": budget,
                    "min_feasible": c != "resident" and budget > parse_size(share, of=store.total_bytes),
                    "contender": c, "storage": storage, "median_ms": med, "p95_ms": p95(w.times[storage]),

@@ -14,7 +14,6 @@ read is exposed).
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -76,6 +75,11 @@ class Plan:
     @property
     def n_sequence(self) -> int:
         return sum(b.in_sequence for b in self.blocks)
+
+    @property
+    def swapped_sequence(self) -> tuple[int, ...]:
+        """Indices of the blocks read on every call, in the order they run (resident ones left out)."""
+        return tuple(b.index for b in self.blocks if b.in_sequence and not b.resident)
 
     def block_of_unit(self) -> dict[int, int]:
         return {u: b.index for b in self.blocks for u in b.units}
@@ -158,13 +162,15 @@ def _check_budget(store: BlockStore, budget: int, prefetch: int, reserve: int) -
                                     f"{format_bytes(_nbytes(store, big))})")
 
 
-def _make_plan(store, kind, budget, prefetch, reserve, groups, n_resident, profile) -> Plan:
-    """A plan from groups of segment indices (in order); the first n_resident groups stay resident."""
+def _make_plan(store, kind, budget, prefetch, reserve, groups, resident, profile) -> Plan:
+    """A plan from groups of segment indices (in order); the groups whose index is in `resident` (an
+    int n: the first n) are kept resident between calls."""
     ordered, detached = segments(store)
+    resident = set(range(resident)) if isinstance(resident, int) else set(resident)
     blocks = []
     for k, group in enumerate(groups):
         units = tuple(u for s in group for u in ordered[s])
-        blocks.append(Block(k, units, store.units[units[0]].offset, _nbytes(store, units), True, k < n_resident))
+        blocks.append(Block(k, units, store.units[units[0]].offset, _nbytes(store, units), True, k in resident))
     for seg in detached:
         blocks.append(Block(len(blocks), tuple(seg), store.units[seg[0]].offset, _nbytes(store, seg), False))
     sizes = [b.nbytes for b in blocks if b.in_sequence and not b.resident]
@@ -229,54 +235,128 @@ def plan_uniform(store: BlockStore, budget_bytes: int, prefetch: int = 1, activa
 
 def plan_optimal(store: BlockStore, budget_bytes: int, profile: Profile, prefetch: int = 1,
                  activation_reserve: int = 0) -> Plan:
-    """Block boundaries (and a resident prefix) that minimise predicted latency under the budget,
-    by dynamic programming over the execution-ordered segments."""
+    """Which segments to keep resident between calls, and how to cut the others into blocks, for the
+    least predicted latency under the budget.
+
+    Candidates: for each swap capacity of a list that depends on the store only (not the budget), and
+    each priority order of segments (file order, most exposed read time per byte, largest first), the
+    longest prefix of the order that fits beside the swap region is kept, and the rest is cut by
+    dynamic programming (optimal_cut). Kept segments leave the read stream; their compute hides the
+    next block's read. Since neither the capacities nor the orders depend on the budget, a larger
+    budget keeps a superset in every candidate: the chosen plan's predicted latency never rises with
+    the budget."""
     _check_budget(store, budget_bytes, prefetch, activation_reserve)
     whole = _all_resident(store, "optimal", budget_bytes, prefetch, activation_reserve, profile)
     if whole:
         return whole
     ordered, detached = segments(store)
-    seg_compute = [sum(profile.compute.unit_s.get(u, 0.0) for u in s) for s in ordered]
+    sizes = [_nbytes(store, s) for s in ordered]
+    compute = [sum(profile.compute.unit_s.get(u, 0.0) for u in s) for s in ordered]
     detached_need = max((_nbytes(store, s) for s in detached), default=0)
-    room = budget_bytes - activation_reserve - store.pinned_bytes  # resident prefix + swap region
-    # File offsets make block bytes exact (units are contiguous): bytes(i..j) = off[j+1] - off[i].
-    # File offsets make block bytes exact (units are contiguous): bytes(i..j) = off[j+1] - off[i].
-    off = [store.units[s[0]].offset for s in ordered] + [store.units[ordered[-1][-1]].end]
+    room = budget_bytes - activation_reserve - store.pinned_bytes  # kept segments + swap region
     best = None
-    for q in _prefix_candidates(off, room):
-        cap = room - (off[q] - off[0])
-        if cap < detached_need:
-            continue
-        result = optimal_cut([b - a for a, b in zip(off[q:], off[q + 1:])], seg_compute[q:], cap,
-                             head=profile.compute.prologue_s + sum(seg_compute[:q]),
-                             latency_s=profile.io.latency_s, bandwidth=profile.io.bandwidth_bytes_per_s,
-                             prefetch=prefetch)
-        if result is not None and (best is None or result[0] < best[0]):
-            best = (result[0], q, [[q + s for s in g] for g in result[1]])
-    _, q, groups = best
-    groups = ([list(range(q))] if q else []) + groups
-    return _make_plan(store, "optimal", budget_bytes, prefetch, activation_reserve, groups, 1 if q else 0, profile)
+    for cap in swap_capacities(sizes):
+        if cap > room:
+            break
+        for order in keep_orders(sizes, compute, profile):
+            kept, used = set(), 0
+            for i in order:  # a prefix: a larger budget keeps a superset
+                if used + sizes[i] > room - cap:
+                    break
+                kept.add(i)
+                used += sizes[i]
+            candidate = _cut_around(store, budget_bytes, prefetch, activation_reserve, profile, sizes, compute,
+                                    kept, cap, detached_need)
+            if candidate is not None and (best is None or candidate.prediction.latency_s < best.prediction.latency_s):
+                best = candidate
+    if best is None:  # every segment its own block fits, by the budget check above
+        return _finest(store, "optimal", budget_bytes, prefetch, activation_reserve, profile)
+    return best
 
 
-def _prefix_candidates(off, room):
-    """Resident-prefix lengths worth trying: none, and prefixes using up to 7/8 of the room in steps."""
-    m = len(off) - 1
-    cands = {0}
-    for k in range(1, 8):
-        q = bisect.bisect_right(off, off[0] + room * k / 8) - 1
-        if 0 < q < m:
-            cands.add(q)
-    return sorted(cands)
+def swap_capacities(sizes: list[int]) -> list[int]:
+    """Swap-region capacities to try, smallest first: from the largest segment up to all of them, in
+    steps of sqrt(2). They depend on the store only, never on the budget."""
+    caps, cap, total = [], float(max(sizes)), sum(sizes)
+    while cap < total * 2:
+        caps.append(int(cap))
+        cap *= 2 ** 0.5
+    return caps
+
+
+def keep_orders(sizes: list[int], compute: list[float], profile: Profile) -> list[list[int]]:
+    """Orders in which segments are taken to stay resident: file order (a resident prefix), most
+    exposed read time per byte first (a read its predecessor's compute cannot hide costs most), and
+    largest first (big segments force a large swap region)."""
+    n = len(sizes)
+    read = [profile.io.read_seconds(b) for b in sizes]
+    exposed = [max(0.0, read[i] - (compute[i - 1] if i else profile.compute.prologue_s)) / max(sizes[i], 1)
+               for i in range(n)]
+    return [list(range(n)), sorted(range(n), key=lambda i: (-exposed[i], i)),
+            sorted(range(n), key=lambda i: (-sizes[i], i))]
+
+
+def _cut_around(store, budget, prefetch, reserve, profile, sizes, compute, kept, cap, detached_need) -> Plan | None:
+    """The plan that keeps segments `kept` resident and cuts the others optimally for a swap region of
+    `cap` bytes; None if they cannot be cut so."""
+    swapped = [i for i in range(len(sizes)) if i not in kept]
+    if not swapped:
+        return None  # everything kept: only when the whole model fits, handled before
+    if detached_need and max(sizes[i] for i in swapped) + detached_need > cap:
+        return None
+    # the reduced sequence: a swapped segment's compute includes the kept ones after it
+    head = profile.compute.prologue_s
+    reduced_compute, breaks = [], set()
+    for i in range(len(sizes)):
+        if i in kept:
+            if reduced_compute:
+                reduced_compute[-1] += compute[i]
+                breaks.add(len(reduced_compute))  # a block cannot span a kept segment: one read each
+            else:
+                head += compute[i]
+        else:
+            reduced_compute.append(compute[i])
+    result = optimal_cut([sizes[i] for i in swapped], reduced_compute, cap, head=head,
+                         latency_s=profile.io.latency_s, bandwidth=profile.io.bandwidth_bytes_per_s,
+                         prefetch=prefetch, breaks=breaks)
+    if result is None:
+        return None
+    groups, resident, next_group = [], set(), iter([[swapped[r] for r in g] for g in result[1]])
+    i = 0
+    while i < len(sizes):
+        if i in kept:
+            run = [i]
+            while i + 1 < len(sizes) and i + 1 in kept:
+                i += 1
+                run.append(i)
+            resident.add(len(groups))
+            groups.append(run)
+        else:
+            group = next(next_group)
+            groups.append(group)
+            i = group[-1]
+        i += 1
+    plan = _make_plan(store, "optimal", budget, prefetch, reserve, groups, resident, profile)
+    return plan if plan.arena_bytes + reserve <= budget else None
 
 
 def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float, latency_s: float,
-                bandwidth: float, prefetch: int = 1) -> tuple[float, list[list[int]]] | None:
+                bandwidth: float, prefetch: int = 1, breaks: set[int] = frozenset(),
+                block_overhead_s: float = 0.0) -> tuple[float, list[list[int]]] | None:
     """Cut segments (bytes, compute seconds, in execution order) into blocks of consecutive segments
     for a swap region of `cap` bytes, minimising the cost model's latency; `head` is the compute that
-    runs before the first block is needed. Returns (latency, groups of segment indices) or None."""
+    runs before the first block is needed; a block starts at every index in `breaks`; each block costs
+    `block_overhead_s` more. Returns (latency, groups of segment indices) or None."""
     m = len(sizes)
     if m == 0:
         return head, []
+    # next_break[x]: the first forced block start after x (m if none): a block from x ends before it
+    next_break, nb = [m] * m, m
+    for x in range(m - 1, -1, -1):
+        next_break[x] = nb
+        if x in breaks:
+            nb = x
+    lam = block_overhead_s
     off = np.concatenate([[0.0], np.cumsum(np.asarray(sizes, dtype=np.float64))])
     csum = np.concatenate([[0.0], np.cumsum(np.asarray(compute, dtype=np.float64))])
     lat, bw, inf = latency_s, bandwidth, float("inf")
@@ -284,13 +364,17 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
         F = np.full(m + 1, inf)
         parent = np.zeros(m + 1, dtype=np.int64)
         F[0] = 0.0
+        start = 0  # the last forced block start at or before j
         for j in range(m):
+            if j in breaks:
+                start = j
             i = np.arange(0, j + 1)
             size = off[j + 1] - off[i]
             read = lat + size / bw
             read[0] = max(head, read[0])  # the first block is read while the head computes
-            cost = F[i] + read + csum[j + 1] - csum[i]
+            cost = F[i] + read + csum[j + 1] - csum[i] + lam
             cost[size > cap] = inf
+            cost[:start] = inf
             k = int(np.argmin(cost))
             F[j + 1], parent[j + 1] = cost[k], i[k]
         if not np.isfinite(F[m]):
@@ -302,19 +386,20 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
     parent = np.full((m, m), -1, dtype=np.int64)
     ends = np.arange(m)
     first = off[ends + 1]
-    fits = first <= cap
-    F[0, ends[fits]] = np.maximum(head, lat + first[fits] / bw)
+    fits = (first <= cap) & (ends < next_break[0])
+    F[0, ends[fits]] = np.maximum(head, lat + first[fits] / bw) + lam
     for j in range(m - 1):
         starts = np.nonzero(np.isfinite(F[:j + 1, j]))[0]
         if starts.size == 0:
             continue
         used = off[j + 1] - off[starts]  # bytes of each candidate current block
         limit = int(np.searchsorted(off, off[j + 1] + (cap - used.min()), side="right")) - 2
+        limit = min(limit, next_break[j + 1] - 1)
         if limit < j + 1:
             continue
         ls = np.arange(j + 1, limit + 1)
         nxt = off[ls + 1] - off[j + 1]  # bytes of each candidate next block
-        cand = F[starts, j][:, None] + np.maximum((csum[j + 1] - csum[starts])[:, None], lat + nxt[None, :] / bw)
+        cand = F[starts, j][:, None] + np.maximum((csum[j + 1] - csum[starts])[:, None], lat + nxt[None, :] / bw) + lam
         cand[used[:, None] + nxt[None, :] > cap] = inf
         best = np.argmin(cand, axis=0)
         value = cand[best, np.arange(ls.size)]
@@ -343,12 +428,22 @@ def _unwind(parent, m):
 
 
 def predict(store: BlockStore, plan: Plan, profile: Profile) -> Prediction:
-    """Predicted latency of one call under `plan`, from the profile (the cost model above)."""
+    """Predicted latency of one call under `plan`, from the profile (the cost model above). A resident
+    block computes from the arena: its time joins the swapped block before it (the next block's read
+    goes on meanwhile), or the head if no swapped block came yet."""
     unit_s = profile.compute.unit_s
-    comp = [sum(unit_s.get(u, 0.0) for u in b.units) for b in plan.blocks if b.in_sequence]
-    seq = [b for b in plan.blocks if b.in_sequence]
-    head = profile.compute.prologue_s + sum(c for c, b in zip(comp, seq) if b.resident)
-    swapped = [(c, profile.io.read_seconds(b.nbytes), b.nbytes) for c, b in zip(comp, seq) if not b.resident]
+    head, swapped = profile.compute.prologue_s, []  # swapped: [compute, read seconds, bytes] per block
+    for b in plan.blocks:
+        if not b.in_sequence:
+            continue
+        c = sum(unit_s.get(u, 0.0) for u in b.units)
+        if not b.resident:
+            swapped.append([c, profile.io.read_seconds(b.nbytes), b.nbytes])
+        elif swapped:
+            swapped[-1][0] += c
+        else:
+            head += c
+    comp = [c for c, _r, _n in swapped]
     if not swapped:
         latency = head
     elif plan.prefetch:
@@ -357,7 +452,7 @@ def predict(store: BlockStore, plan: Plan, profile: Profile) -> Prediction:
         latency += swapped[-1][0]
     else:
         latency = max(head, swapped[0][1]) + swapped[0][0] + sum(c + r for c, r, _n in swapped[1:])
-    compute = profile.compute.prologue_s + sum(comp)
+    compute = head + sum(comp)
     act = profile.compute.activation_peak_bytes
     return Prediction(latency, compute, max(latency - compute, 0.0), sum(n for *_x, n in swapped),
                       None if act is None else plan.arena_bytes + act)

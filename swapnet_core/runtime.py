@@ -143,12 +143,16 @@ class SwapModel:
         self._lock = threading.Lock()
         self._resident: dict[int, _Resident] = {}  # swapped blocks now in the swap region
         self._fixed = {b.index for b in self.plan.blocks if b.resident}  # loaded once, next to the pinned tensors
+        swapped = self.plan.swapped_sequence
+        self._first_swapped = swapped[0] if swapped else None
+        self._next_swapped = dict(zip(swapped, swapped[1:]))  # resident blocks between them run from the arena
         self._pending: tuple[int, int, Future] | None = None
         self._current: int | None = None
         self._side_freed: dict[int, object] = {}  # side -> CUDA event recorded when its block left
         self._always_stale = False  # a failed re-read left the arena's fixed part unusable
         self._hooks: list = []
         self._always: list[int] = []  # unit indices of the pinned tensors and resident blocks
+        self._fixed_runs: list[tuple[list[Unit], int]] = []  # (consecutive units, arena offset): one read each
         self._io = self._reader = self._arena = self._memory = self._binder = None
         self._closed = False
         try:
@@ -173,16 +177,22 @@ class SwapModel:
         self._swap_base = arena.offset + self.plan.pinned_bytes + self.plan.resident_bytes
         self._reader = BlockReader(self.store.weights_path, self.io, self.verify)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-io")
-        # pinned tensors and resident blocks: the file's leading units, one read into the arena's start
+        # pinned tensors and resident blocks, wherever they lie in the file, packed in file order at the
+        # arena's start: one read per run of consecutive units
         always = [u for u in units if u.pinned] + [units[i] for b in self.plan.blocks if b.resident for i in b.units]
         always.sort(key=lambda u: u.offset)
         self._always = [u.index for u in always]
-        if always:
-            if always[-1].end - always[0].offset != self._swap_base - arena.offset:
-                raise StoreMismatchError("pinned tensors and resident blocks must lead the store file")
-            self.stats.bytes_read += self._memory.fill(self._reader, always, arena.offset)
-            for u in always:
-                self._binder.bind(u, self._memory.compute, arena.offset + u.offset - always[0].offset)
+        if sum(u.nbytes for u in always) != self._swap_base - arena.offset:
+            raise StoreMismatchError("the plan's pinned and resident bytes do not match the store's units")
+        at = arena.offset
+        for u in always:
+            if self._fixed_runs and self._fixed_runs[-1][0][-1].end == u.offset:
+                self._fixed_runs[-1][0].append(u)
+            else:
+                self._fixed_runs.append(([u], at))
+            self._binder.bind(u, self._memory.compute, at)
+            at += u.nbytes
+        self._fill_fixed()
         modules = dict(self.module.named_modules())
         self._hooks = [self._hook_unit(u, modules[u.name]) for u in units
                        if not u.pinned and self._block_of.get(u.index) not in self._fixed]
@@ -279,9 +289,13 @@ class SwapModel:
             if any(old.units[i].checksum != new.units[i].checksum for i in self._always):
                 self._always_stale = True
         if self._always_stale:
-            units = [self.store.units[i] for i in self._always]
-            self.stats.bytes_read += self._memory.fill(self._reader, units, self._arena.offset)
+            self._fixed_runs = [([self.store.units[u.index] for u in run], at) for run, at in self._fixed_runs]
+            self._fill_fixed()
             self._always_stale = False
+
+    def _fill_fixed(self) -> None:
+        for run, at in self._fixed_runs:
+            self.stats.bytes_read += self._memory.fill(self._reader, run, at)
 
     # -- swapping --------------------------------------------------------------------------------
     def _hook_unit(self, unit: Unit, module: nn.Module):
@@ -297,7 +311,7 @@ class SwapModel:
         return module.register_forward_pre_hook(pre_hook)
 
     def _begin(self) -> None:
-        first = next((b.index for b in self.plan.blocks if b.in_sequence and not b.resident), None)
+        first = self._first_swapped
         if first is not None and first not in self._resident and self._pending is None:
             self._prefetch(first)  # read while the prologue and any resident blocks compute
 
@@ -315,7 +329,7 @@ class SwapModel:
             else:
                 cur = self._current
                 sequential = (blocks[b].in_sequence and self.plan.prefetch == 0
-                              and cur is not None and b == cur + 1)
+                              and cur is not None and b == self._next_swapped.get(cur))
                 if not sequential:
                     self.stats.misses += 1
                 self._load_now(b)
@@ -323,9 +337,8 @@ class SwapModel:
         if (previous is not None and previous < b and previous in self._resident
                 and blocks[previous].in_sequence and blocks[b].in_sequence):
             self._evict(previous)  # recorded order: nothing of an earlier block runs again
-        nxt = b + 1
-        if (self.plan.prefetch and blocks[b].in_sequence and nxt < self.plan.n_sequence
-                and nxt not in self._resident and self._pending is None):
+        nxt = self._next_swapped.get(b)
+        if self.plan.prefetch and nxt is not None and nxt not in self._resident and self._pending is None:
             self._prefetch(nxt)
         self.stats.stall_seconds += time.perf_counter() - t0
 
@@ -357,7 +370,7 @@ class SwapModel:
         # a detour (data-dependent branch) may run inside the current block's forward, and usually
         # returns to the recorded order: keep the current block, else the next one
         cur = self._current
-        upcoming = cur + 1 if cur is not None and self.plan.blocks[cur].in_sequence else None
+        upcoming = self._next_swapped.get(cur)
         side = self._make_room(b, [cur, upcoming])
         self._note_resident(extra=self.plan.blocks[b].nbytes)
         self._resident[b] = self._collect(self._fill(b, side))

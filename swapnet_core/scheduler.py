@@ -484,7 +484,8 @@ class Scheduler:
             job.future.set_result(out)
 
     def _boundary_hook(self, m: _Model):
-        last = m.swap.plan.n_sequence - 1
+        swapped = m.swap.plan.swapped_sequence
+        last = swapped[-1] if swapped else None
 
         def on_boundary(block: int) -> None:
             self.occupancy.append((time.monotonic(), self.resident_bytes()))

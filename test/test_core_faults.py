@@ -555,3 +555,27 @@ def test_reconverted_store_is_followed_or_refused(live, disk_dir, tmp_path):
 def test_errors_are_documented_swapnet_errors():
     for cls in (StoreCorruptError, StoreTruncatedError, StoreMismatchError, StoreNotFoundError, StoreFormatError):
         assert issubclass(cls, StoreError) and issubclass(cls, SwapNetError)
+
+
+@pytest.mark.parametrize("queue_depth", [1, 2, 4])
+def test_reads_in_flight_land_the_same_bytes_and_a_cut_file_is_named(live, disk_dir, queue_depth):
+    """A range read as several reads in flight gives the file's bytes exactly (checksums verified);
+    cut short under it, every depth raises StoreTruncatedError naming the unit, never hands back a
+    half-filled buffer as good."""
+    store, data, _x, _want = live
+    copy = fresh_copy(store, disk_dir / f"qd-{queue_depth}")
+    units = [u for u in copy.units if not u.pinned]
+    n = units[-1].end - units[0].offset
+    buf = HostBuffer(n)
+    reader = BlockReader(copy.weights_path, "direct", verify="always", queue_depth=queue_depth, chunk_bytes=1 << 20)
+    try:
+        assert reader.read_into(units, buf.view) == n
+        assert bytes(buf.view) == data[units[0].offset:units[-1].end]
+        with open(copy.weights_path, "r+b") as f:
+            f.truncate(units[len(units) // 2].offset)
+        with pytest.raises(StoreTruncatedError) as e:
+            reader.read_into(units, buf.view)
+        assert e.value.unit == units[len(units) // 2].name
+    finally:
+        reader.close()
+        buf.close()

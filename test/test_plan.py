@@ -97,3 +97,51 @@ def test_minimum_budget_is_exact_and_above_the_model_all_is_resident(resnet_prof
         model(make_input("random:1x3x64x64"))
         model(make_input("random:1x3x64x64"))
         assert model.stats.bytes_read == store.total_bytes  # once, at open
+
+
+def test_a_block_never_spans_a_forced_break():
+    # one block would be cheapest (reads pay 50 ms each), but a kept segment lies between 1 and 2
+    result = optimal_cut([10 * MB] * 4, [1 * MS] * 4, 40 * MB, head=0.0, latency_s=50 * MS, bandwidth=100 * MB,
+                         breaks={2})
+    assert result[1] == [[0, 1], [2, 3]]
+    for prefetch in (0, 1):
+        for breaks in ({1}, {1, 3}, {2, 3}):
+            _latency, groups = optimal_cut([10 * MB] * 4, [1 * MS] * 4, 40 * MB, head=0.0, latency_s=50 * MS,
+                                           bandwidth=100 * MB, prefetch=prefetch, breaks=breaks)
+            starts = {g[0] for g in groups}
+            assert breaks <= starts, (prefetch, breaks, groups)
+
+
+def test_predicted_latency_never_rises_with_the_budget(resnet_profile):
+    """A plan feasible at a smaller budget is feasible at a larger one, so the planner must never pick a
+    slower one there: predicted latency is non-increasing over a fine sweep of budgets."""
+    store, profile = resnet_profile
+    minimum = minimum_budget(store)
+    budgets = sorted({minimum + (store.total_bytes - minimum) * k // 40 for k in range(41)})
+    latencies = [make_plan(store, b, "optimal", profile).prediction.latency_s for b in budgets]
+    rises = [(budgets[k], budgets[k + 1]) for k in range(len(budgets) - 1) if latencies[k + 1] > latencies[k] * (1 + 1e-9)]
+    assert not rises, f"predicted latency rose between budgets {rises[:3]}"
+
+
+def test_resident_blocks_anywhere_in_the_file_swap_exactly(resnet_profile):
+    """Blocks kept resident between calls need not lead the file: with blocks 1 and 3 kept, outputs are
+    bit-identical, the kept bytes are read once, and only the others are read on every call."""
+    from swapnet_core import load_resident
+    from swapnet_core.plan import _make_plan, segments
+
+    store, profile = resnet_profile
+    ordered, _ = segments(store)
+    n = len(ordered)
+    groups = [list(range(k * n // 5, (k + 1) * n // 5)) for k in range(5)]
+    plan = _make_plan(store, "optimal", store.total_bytes, 1, 0, groups, {1, 3}, profile)
+    assert [b.resident for b in plan.blocks if b.in_sequence] == [False, True, False, True, False]
+    x = make_input("random:1x3x64x64", seed=5)
+    with torch.no_grad():
+        want = load_resident(store)(x)
+        with open_swapped(store, plan.budget_bytes, plan=plan) as model:
+            for _ in range(3):
+                assert torch.equal(model(x), want)
+            kept = plan.pinned_bytes + plan.resident_bytes
+            swapped = sum(b.nbytes for b in plan.blocks if b.in_sequence and not b.resident)
+            assert model.stats.bytes_read == kept + 3 * swapped and model.stats.misses == 0
+            assert model.stats.peak_resident_weight_bytes <= plan.arena_bytes
