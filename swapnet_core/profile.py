@@ -15,6 +15,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from .store import BlockStore
 
 log = logging.getLogger("swapnet_core.profile")
 PROFILE_NAME = "profile.json"
-PROFILE_VERSION = 2  # bump when what is measured changes: older caches are measured again
-READ_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 48 << 20)
+PROFILE_VERSION = 3  # bump when what is measured changes: older caches are measured again
+READ_SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20)  # block sizes plans use
+READ_PLACES = (0.2, 0.5, 0.8)  # where in the file runs are read: storage is not uniform
 
 
 @dataclass
@@ -143,41 +145,52 @@ def _status_bytes(field_name: str) -> int:
 
 def profile_io(store: BlockStore, mode: str = "direct", cold: bool = True, repeats: int = 3,
                max_bytes: int | None = None) -> IOProfile:
-    """Fit read time = latency + bytes / bandwidth over reads of runs of consecutive units
-    (each at most max_bytes, so that profiling stays within the budget)."""
+    """Fit read time = latency + bytes / bandwidth over reads of runs of consecutive units, as the
+    runtime reads blocks: issued on an I/O thread and awaited, with the reader's reads in flight.
+    Each size is read at several places in the file (each run at most max_bytes, so that profiling
+    stays within the budget); a sample is the median time per byte-size."""
     reader = BlockReader(store.weights_path, mode, verify="never")  # the steady state: units checked once
     units = store.units
     samples = []
     buf = HostBuffer(min(max(READ_SIZES), units[-1].end - units[0].offset, max_bytes or max(READ_SIZES)))
+    io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-profile-io")
+
+    def read(run):
+        if mode == "mmap":
+            reader.map(run).close()
+        else:
+            reader.read_into(run, buf.view)
+
     try:
-        seen = set()
         for size in READ_SIZES:
-            run = _units_spanning(units, size)
-            span = run[-1].end - run[0].offset if run else 0
-            if not run or span > buf.nbytes or span in seen:
+            runs = {(r[0].index, r[-1].index): r for r in (_units_spanning(units, size, at) for at in READ_PLACES)
+                    if r[-1].end - r[0].offset <= buf.nbytes}
+            if not runs:
                 continue
-            seen.add(span)
-            times = []
-            for _ in range(repeats):
-                if cold:
-                    _drop_cache(store.weights_path)
-                t = time.perf_counter()
-                if mode == "mmap":
-                    reader.map(run).close()
-                else:
-                    reader.read_into(run, buf.view)
-                times.append(time.perf_counter() - t)
-            samples.append((run[-1].end - run[0].offset, statistics.median(times)))
+            per_byte, spans = [], []
+            for run in runs.values():
+                span = run[-1].end - run[0].offset
+                for _ in range(repeats):
+                    if cold:
+                        _drop_cache(store.weights_path)
+                    t = time.perf_counter()
+                    io.submit(read, run).result()
+                    per_byte.append((time.perf_counter() - t) / span)
+                    spans.append(span)
+            span = int(statistics.median(spans))
+            samples.append((span, statistics.median(per_byte) * span))
     finally:
+        io.shutdown(wait=True)
         reader.close()
         buf.close()
+    samples = sorted(set(samples))
     latency, bandwidth = _fit(samples)
     return IOProfile(mode, cold, latency, bandwidth, samples)
 
 
-def _units_spanning(units, size: int):
-    """A run of consecutive units of about `size` bytes, from the middle of the file."""
-    start = len(units) // 3
+def _units_spanning(units, size: int, at: float = 1 / 3):
+    """A run of consecutive units of about `size` bytes, starting near `at` of the file's units."""
+    start = int(len(units) * at)
     for i in range(start, -1, -1):
         run = []
         for u in units[i:]:
