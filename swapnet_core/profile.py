@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .io import BlockReader, HostBuffer
+from .io import BlockReader
+from .memory import ArenaMemory, HostBuffer, Stager
 from .models import call_model
 from .store import BlockStore
 
@@ -62,7 +63,18 @@ class Profile:
 
 def compute_key(device: torch.device | str, x: torch.Tensor) -> str:
     device = torch.device(device)
-    return f"{device.type}|{x.dtype}|{'x'.join(map(str, x.shape))}|threads={torch.get_num_threads()}"
+    where = device.type if device.type != "cuda" else f"{device}|{torch.cuda.get_device_name(device)}"
+    return f"{where}|{x.dtype}|{'x'.join(map(str, x.shape))}|threads={torch.get_num_threads()}"
+
+
+def io_key(io_mode: str, io: str, device: torch.device | str) -> str:
+    """What a read costs depends on the io mode, cache state and where it lands (the host, a
+    Jetson's mapped memory, or a discrete GPU behind a copy)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"{io_mode}|{'warm' if io == 'mmap' else 'cold'}"
+    kind = "unified" if torch.cuda.get_device_properties(device).is_integrated else "discrete"
+    return f"{io_mode}|cold|{kind}|{torch.cuda.get_device_name(device)}"
 
 
 def profile_compute(store: BlockStore, x: torch.Tensor, device: str = "cpu", runs: int = 5,
@@ -144,22 +156,30 @@ def _status_bytes(field_name: str) -> int:
 
 
 def profile_io(store: BlockStore, mode: str = "direct", cold: bool = True, repeats: int = 3,
-               max_bytes: int | None = None) -> IOProfile:
+               max_bytes: int | None = None, device: str | torch.device = "cpu") -> IOProfile:
     """Fit read time = latency + bytes / bandwidth over reads of runs of consecutive units, as the
-    runtime reads blocks: issued on an I/O thread and awaited, with the reader's reads in flight.
-    Each size is read at several places in the file (each run at most max_bytes, so that profiling
-    stays within the budget); a sample is the median time per byte-size."""
+    runtime reads blocks: issued on an I/O thread and awaited, with the reader's reads in flight,
+    into arena memory of the device (on a discrete GPU the copy from staging counts too). Each size
+    is read at several places in the file (each run at most max_bytes, so that profiling stays within
+    the budget); a sample is the median time per byte-size."""
     reader = BlockReader(store.weights_path, mode, verify="never")  # the steady state: units checked once
     units = store.units
     samples = []
-    buf = HostBuffer(min(max(READ_SIZES), units[-1].end - units[0].offset, max_bytes or max(READ_SIZES)))
+    size = min(max(READ_SIZES), units[-1].end - units[0].offset, max_bytes or max(READ_SIZES))
+    device = torch.device(device)
+    buf = HostBuffer(size) if device.type == "cpu" else ArenaMemory(size, device)
+    stager = None if device.type == "cpu" else Stager(buf, max([size] + [u.nbytes for u in units]))
     io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-profile-io")
 
     def read(run):
         if mode == "mmap":
             reader.map(run).close()
-        else:
+        elif stager is None:
             reader.read_into(run, buf.view)
+        else:
+            copied = stager.fill(reader, run, 0)
+            if copied is not None:
+                copied.synchronize()
 
     try:
         for size in READ_SIZES:
@@ -182,6 +202,8 @@ def profile_io(store: BlockStore, mode: str = "direct", cold: bool = True, repea
     finally:
         io.shutdown(wait=True)
         reader.close()
+        if stager is not None:
+            stager.close()
         buf.close()
     samples = sorted(set(samples))
     latency, bandwidth = _fit(samples)
@@ -209,11 +231,14 @@ def _drop_cache(path) -> None:
 
 
 def _fit(samples: list[tuple[int, float]]) -> tuple[float, float]:
-    if len(samples) < 2:  # a tiny store: one size only, all of it bandwidth
-        n, t = samples[0] if samples else (1, 1e-3)
-        return 0.0, n / max(t, 1e-9)
-    n = [s[0] for s in samples]
-    t = [s[1] for s in samples]
+    by_size: dict[int, list[float]] = {}
+    for n, t in samples:
+        by_size.setdefault(n, []).append(t)
+    if len(by_size) < 2:  # one size only (a tiny store, or units as large as the budget allows): all bandwidth
+        n, ts = next(iter(by_size.items())) if by_size else (1, [1e-3])
+        return 0.0, n / max(statistics.median(ts), 1e-9)
+    n = list(by_size)
+    t = [statistics.median(ts) for ts in by_size.values()]
     mean_n, mean_t = statistics.fmean(n), statistics.fmean(t)
     slope = sum((a - mean_n) * (b - mean_t) for a, b in zip(n, t)) / sum((a - mean_n) ** 2 for a in n)
     slope = max(slope, 1e-12)
@@ -232,14 +257,14 @@ def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: st
     probe = BlockReader(store.weights_path, io)
     io_mode = probe.effective_mode
     probe.close()
-    ikey = f"{io_mode}|{'warm' if io == 'mmap' else 'cold'}"
+    ikey = io_key(io_mode, io, device)
     changed = False
     if refresh or ckey not in cache["compute"]:
         log.info("profiling compute of %s for %s", store.ref, ckey)
         cache["compute"][ckey] = asdict(profile_compute(store, x, device, runs, budget_bytes))
         changed = True
     if refresh or ikey not in cache["io"]:
-        cache["io"][ikey] = asdict(profile_io(store, io, cold=io != "mmap",
+        cache["io"][ikey] = asdict(profile_io(store, io, cold=io != "mmap", device=device,
                                               max_bytes=budget_bytes // 2 if budget_bytes else None))
         changed = True
     if changed:
