@@ -205,7 +205,8 @@ def _run(args) -> int:
 
 
 def _info(args) -> int:
-    from .io import BlockReader, HostBuffer
+    from .io import BlockReader
+    from .memory import HostBuffer
     from .plan import minimum_budget, segments
     from .store import BlockStore
 

@@ -12,7 +12,8 @@ import torch
 
 from .plan import Plan, make_plan
 from .profile import Profile, load_profile
-from .runtime import ArenaRegion, SwapModel
+from .memory import ArenaRegion
+from .runtime import SwapModel
 from .sizes import parse_size
 from .store import BlockStore
 

@@ -14,7 +14,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
 
 from .errors import StoreCorruptError, StoreTruncatedError
 from .store import UNIT_ALIGN, Unit, unit_checksum
@@ -25,25 +24,6 @@ _MAX_READ = 1 << 30  # Linux returns at most ~2 GiB per read call; ask for less
 QUEUE_DEPTH, CHUNK_BYTES = 4, 4 << 20  # reads in flight per range, and their size (NVMe wants depth)
 _warned_fallback: set[str] = set()
 _warn_lock = threading.Lock()
-
-
-class HostBuffer:
-    """Page-aligned host memory (an anonymous mapping), exposed as a uint8 tensor."""
-
-    def __init__(self, nbytes: int):
-        self.nbytes = nbytes
-        # MAP_POPULATE: the budget is taken up front, and the swap path never page-faults
-        self._map = mmap.mmap(-1, max(nbytes, mmap.PAGESIZE),
-                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0))
-        self.tensor = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes) if nbytes else torch.empty(0, dtype=torch.uint8)
-        self.view = memoryview(self._map)[:nbytes]
-
-    def close(self) -> None:
-        """Drop our references: the mapping is unmapped when the last tensor view of it dies (closing
-        it under a live view, say a model output that aliases a weight, would crash the process)."""
-        self.tensor = None
-        self.view.release()
-        self._map = None
 
 
 VERIFY_MODES = ("first", "always", "never")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .io import BlockReader
-from .memory import ArenaMemory
+from .memory import ArenaMemory, ArenaRegion, Stager
 from .plan import Plan
 from .errors import (StoreError, StoreMismatchError, StoreNotFoundError, SwapNetError,
                      WeightNotResidentError)
@@ -98,19 +98,11 @@ class _Binder:
 
 
 @dataclass
-class ArenaRegion:
-    """A slice [offset, offset + nbytes) of an ArenaMemory that one SwapModel may use."""
-    memory: ArenaMemory
-    offset: int
-    nbytes: int
-    owned: bool = False  # the SwapModel frees the memory when it closes
-
-
-@dataclass
 class _Resident:
     side: int
     base: torch.Tensor  # the bytes the block's views are cut from (the arena, or its file mapping)
     offset: int  # where the block starts in base
+    ready: object = None  # discrete GPU: the event its copy into the arena records
 
 
 class SwapModel:
@@ -153,7 +145,7 @@ class SwapModel:
         self._hooks: list = []
         self._always: list[int] = []  # unit indices of the pinned tensors and resident blocks
         self._fixed_runs: list[tuple[list[Unit], int]] = []  # (consecutive units, arena offset): one read each
-        self._io = self._reader = self._arena = self._memory = self._binder = None
+        self._io = self._reader = self._arena = self._memory = self._binder = self._stager = None
         self._closed = False
         try:
             self._open(arena)
@@ -169,11 +161,12 @@ class SwapModel:
         self._binder = _Binder(self.module, units)
         arena_bytes = self.plan.pinned_bytes + self.plan.resident_bytes + (self.plan.swap_bytes if self.io == "direct" else 0)
         if arena is None:
-            staging = max([self.plan.pinned_bytes + self.plan.resident_bytes] + [b.nbytes for b in self.plan.blocks])
-            arena = ArenaRegion(ArenaMemory(arena_bytes, self.device, staging_bytes=staging), 0, arena_bytes, owned=True)
+            arena = ArenaRegion(ArenaMemory(arena_bytes, self.device), 0, arena_bytes, owned=True)
         elif arena.nbytes < arena_bytes:
             raise ValueError(f"the arena region ({arena.nbytes} bytes) is smaller than the plan needs ({arena_bytes})")
         self._arena, self._memory = arena, arena.memory
+        largest = max([b.nbytes for b in self.plan.blocks if not b.resident] + [u.nbytes for u in units])
+        self._stager = Stager(self._memory, largest)  # this model's own: no other model's fill can touch it
         self._swap_base = arena.offset + self.plan.pinned_bytes + self.plan.resident_bytes
         self._reader = BlockReader(self.store.weights_path, self.io, self.verify)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-io")
@@ -247,6 +240,8 @@ class SwapModel:
                 h.remove()
             if self._reader is not None:
                 self._reader.close()
+            if self._stager is not None:
+                self._stager.close()
             if self._arena is not None and self._arena.owned:
                 self._memory.close()
 
@@ -295,7 +290,10 @@ class SwapModel:
 
     def _fill_fixed(self) -> None:
         for run, at in self._fixed_runs:
-            self.stats.bytes_read += self._memory.fill(self._reader, run, at)
+            ready = self._stager.fill(self._reader, run, at)
+            if ready is not None:
+                torch.cuda.current_stream(self.device).wait_event(ready)
+            self.stats.bytes_read += run[-1].end - run[0].offset
 
     # -- swapping --------------------------------------------------------------------------------
     def _hook_unit(self, unit: Unit, module: nn.Module):
@@ -383,6 +381,8 @@ class SwapModel:
     def _collect(self, result) -> _Resident:
         b, resident, nbytes, seconds = result
         block = self.plan.blocks[b]
+        if resident.ready is not None:  # the compute stream waits for the copy, the host does not
+            torch.cuda.current_stream(self.device).wait_event(resident.ready)
         for i in block.units:
             u = self.store.units[i]
             self._binder.bind(u, resident.base, resident.offset + u.offset - block.offset)
@@ -397,21 +397,20 @@ class SwapModel:
         t0 = time.perf_counter()
         block = self.plan.blocks[b]
         units = [self.store.units[i] for i in block.units]
-        freed = self._side_freed.pop(side, None)
-        if freed is not None:
-            freed.synchronize()  # GPU kernels still reading the block that was here have finished
+        freed = self._side_freed.pop(side, None)  # kernels queued before it may still read this side
+        ready = None
         if self.io == "mmap":
             # the tensor keeps the mapping alive; it is unmapped when the last view of it dies
             base, offset = torch.frombuffer(self._reader.map(units), dtype=torch.uint8), 0
         else:
             offset = self._side_offset(b, side)
-            self._memory.fill(self._reader, units, offset)
+            ready = self._stager.fill(self._reader, units, offset, slot_free=freed)
             base = self._memory.compute
         t1 = time.perf_counter()
         if self.read_log is not None:  # on the monotonic clock, like a scheduler's deadlines
             now = time.monotonic()
             self.read_log.append((b, now - (t1 - t0), now))
-        return b, _Resident(side, base, offset), block.nbytes, t1 - t0
+        return b, _Resident(side, base, offset, ready), block.nbytes, t1 - t0
 
     def _evict(self, b: int) -> None:
         resident = self._resident.pop(b)
@@ -419,8 +418,8 @@ class SwapModel:
             self._binder.unbind(self.store.units[i])
         if self.device.type == "cuda":
             event = torch.cuda.Event()
-            event.record()  # the next read into this side waits for the kernels queued so far
-            self._side_freed[resident.side] = event
+            event.record(torch.cuda.current_stream(self.device))  # the model's device and compute stream
+            self._side_freed[resident.side] = event  # the next fill of this side waits for it
         if self._current == b:
             self._current = None
 
@@ -456,12 +455,16 @@ def load_resident(store: BlockStore | str, device: str | torch.device = "cpu") -
     units = store.units
     if not units:
         return module.to(device)
-    memory = ArenaMemory(units[-1].end - units[0].offset, torch.device(device), staging_bytes=units[-1].end - units[0].offset)
+    device = torch.device(device)
+    memory = ArenaMemory(units[-1].end - units[0].offset, device)
     reader = BlockReader(store.weights_path, "direct")
+    stager = Stager(memory, max([64 << 20] + [u.nbytes for u in units]))  # staging (discrete GPUs) in pieces
     try:
-        memory.fill(reader, units, 0)
+        if stager.fill(reader, units, 0) is not None:
+            torch.cuda.synchronize(device)
     finally:
         reader.close()
+        stager.close()
     binder = _Binder(module, units)
     for u in units:
         binder.bind(u, memory.compute, u.offset - units[0].offset)

@@ -33,8 +33,10 @@ from .errors import BudgetError, BudgetTooSmallError, SwapNetError
 from .memory import ArenaMemory
 from .models import call_model
 from .compose import plan_for
+from .device import resolve_device
 from .plan import minimum_budget
-from .runtime import ArenaRegion, SwapModel
+from .memory import ArenaRegion
+from .runtime import SwapModel
 from .sizes import align_up, format_bytes, parse_size
 from .store import UNIT_ALIGN, BlockStore
 
@@ -121,7 +123,7 @@ class Scheduler:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.total_budget = parse_size(total_budget_bytes)
         self.policy, self.preemption = policy, preemption
-        self.device, self.io = torch.device(device), io
+        self.device, self.io = resolve_device(device), io
         self._models: dict[str, _Model] = {}
         self._pending: dict[str, _Job] = {}
         self._cond = threading.Condition()
@@ -153,7 +155,7 @@ class Scheduler:
             raise ValueError(f"model {name!r} is already registered")
         store = store if isinstance(store, BlockStore) else BlockStore(store)
         budget = parse_size(budget_bytes, of=store.total_bytes)
-        x = _in_store_dtype(example_input, store) if example_input is not None else store.make_input()
+        x = _for_model(example_input if example_input is not None else store.make_input(), store, self.device)
         self._models[name] = _Model(name, store, budget, x, plan, prefetch, metrics=ModelMetrics(self._window))
         try:
             self._validate(self.total_budget, {n: m.budget for n, m in self._models.items()})
@@ -319,7 +321,7 @@ class Scheduler:
             if self._arena is not None:
                 self._arena.close()
                 self._arena = None
-            self._arena = ArenaMemory(need, self.device, staging_bytes=max(budgets.values(), default=0))
+            self._arena = ArenaMemory(need, self.device)
         self._epoch += 1
         offset, errors = 0, {}
         for name, m in self._models.items():
@@ -461,7 +463,9 @@ class Scheduler:
             stats = m.swap.stats
             # the job's own peak: start from what is resident now (a prefetched first block counts)
             peak_before, stats.peak_resident_weight_bytes = stats.peak_resident_weight_bytes, m.swap._resident_bytes()
-            out = call_model(m.swap, m.store.call, _in_store_dtype(job.x, m.store))
+            out = call_model(m.swap, m.store.call, _for_model(job.x, m.store, self.device))
+            if self.device.type == "cuda":  # the job ends when its kernels do: latency and deadlines count to it
+                torch.cuda.current_stream(self.device).synchronize()
             ok = True
         except BaseException as e:  # noqa: BLE001 - a failing job must not take the scheduler down
             self._note_error(m, e)
@@ -511,9 +515,11 @@ class Scheduler:
         return on_boundary
 
 
-def _in_store_dtype(x: torch.Tensor, store: BlockStore) -> torch.Tensor:
-    """Frames arrive as float32; a float16/bfloat16 store computes in its own dtype."""
-    return x.to(store.torch_dtype) if x.is_floating_point() and x.dtype != store.torch_dtype else x
+def _for_model(x: torch.Tensor, store: BlockStore, device: torch.device) -> torch.Tensor:
+    """A frame as the model takes it: on its device, and in the store's dtype (frames arrive as
+    float32 on the CPU; a float16/bfloat16 store computes in its own dtype)."""
+    dtype = store.torch_dtype if x.is_floating_point() else x.dtype
+    return x.to(device=device, dtype=dtype, non_blocking=x.device.type == "cpu" and x.is_pinned())
 
 
 class _ReadLog:

@@ -28,6 +28,7 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
 from swapnet_core import BlockStore, SwapNetError, convert
+from swapnet_core.device import DEVICE_CHOICES, describe_device, resolve_device
 from swapnet_core.errors import BudgetError, StoreMismatchError
 from swapnet_core.identity import identity_mismatch
 from swapnet_core.scheduler import POLICIES, Scheduler, SchedulerClosed
@@ -70,6 +71,9 @@ class SwapCoordinator(LifecycleNode):
                 FloatingPointRange(from_value=1.0, to_value=1e6, step=0.0)]))
         self.declare_parameter("policy", "edf", ParameterDescriptor(
             description=f"job order: {', '.join(POLICIES)}", read_only=True))
+        self.declare_parameter("device", "auto", ParameterDescriptor(
+            description=f"where the models run: {DEVICE_CHOICES} (auto = the first CUDA device if there is one, "
+                        f"else the CPU); checked at configure", read_only=True))
         self.declare_parameter("preemption", False, ParameterDescriptor(
             description="let an urgent job run between two blocks of a long one", read_only=True))
         self.declare_parameter("store_dir", str(Path.home() / ".cache" / "swapnet_ros" / "stores"), ParameterDescriptor(
@@ -84,6 +88,8 @@ class SwapCoordinator(LifecycleNode):
         on_parameters(self, self._check_parameters, self._apply_parameters)
         accept_integers_as_doubles(self, ["total_budget_mb"])
         self.clients_by_name: dict = {}
+        self.last_error = ""  # why the last transition failed, until one succeeds
+        self.device_label = ""  # where the models run, once configured
         self.unavailable: dict[str, str] = {}  # models left out of the configuration, and why
         self.preparing: dict[str, tuple[str, float]] = {}  # model -> (what configure does now, fraction done)
         self._seen: dict[str, tuple] = {}  # per model: (drops, misses, malformed) at the last status
@@ -177,8 +183,9 @@ class SwapCoordinator(LifecycleNode):
         sched = None
         self.unavailable = {}
         try:
+            device = resolve_device(self.get_parameter("device").value)
             sched = Scheduler(total, policy=self.get_parameter("policy").value,
-                              preemption=self.get_parameter("preemption").value)
+                              preemption=self.get_parameter("preemption").value, device=device)
             for name, node in self.clients_by_name.items():
                 try:
                     store = self._open_store(node)
@@ -191,8 +198,9 @@ class SwapCoordinator(LifecycleNode):
                 raise SwapNetError("no model could be configured (each one's reason is above)")
             self.preparing.update({name: ("planning", 0.0) for name in sched.models})  # profiling on first use
             sched.start()
-        except (SwapNetError, ValueError, OSError, MemoryError) as e:
-            self.get_logger().error(f"configure failed: {e}")
+        except (SwapNetError, ValueError, OSError, MemoryError, RuntimeError) as e:
+            self.last_error = f"configure failed: {e}"
+            self.get_logger().error(self.last_error)
             if sched is not None:  # the status says why of each model, until the next configure
                 for name, m in sched.metrics()["models"].items():
                     self.unavailable.setdefault(name, m["last_error"] or f"{type(e).__name__}: {e}")
@@ -203,12 +211,13 @@ class SwapCoordinator(LifecycleNode):
             self.preparing.clear()
         sched.drain(timeout=0)  # configured, not active: frames are refused until activate
         self.scheduler = sched
+        self.last_error, self.device_label = "", describe_device(device)
         self._inputs_at_configure = {name: node.input_counters() for name, node in self.clients_by_name.items()}
         m = sched.metrics()["models"]
         for name, info in m.items():
             self.get_logger().info(f"{name}: budget {format_bytes(info['budget_bytes'])}, {info['blocks']} blocks, "
                                    f"arena {format_bytes(info['arena_bytes'])}")
-        self.get_logger().info(f"configured: total budget {format_bytes(total)}")
+        self.get_logger().info(f"configured: total budget {format_bytes(total)} on {self.device_label}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -340,6 +349,7 @@ class SwapCoordinator(LifecycleNode):
                 st.last_error = f"the scheduler's worker stopped: {metrics.get('last_worker_error') or 'no error recorded'}"
             msg.models.append(st)
             diag.status.append(self._diagnostic(st))
+        msg.device, msg.last_error = self.device_label, self.last_error
         msg.worker_errors = int(metrics.get("worker_errors", 0))
         msg.last_worker_error = metrics.get("last_worker_error", "")
         diag.status.append(self._worker_diagnostic(metrics))

@@ -219,7 +219,7 @@ class SwapModelNode(Node):
             depth = out.predicted_depth if hasattr(out, "predicted_depth") else out
             depth = torch.nn.functional.interpolate(depth.unsqueeze(1).float(), size=(h, w), mode="bilinear",
                                                     align_corners=False)[0, 0]
-            self._pub.publish(make_image(header, depth.numpy().astype(np.float32), "32FC1"))
+            self._pub.publish(make_image(header, depth.cpu().numpy().astype(np.float32), "32FC1"))
 
     def _detections(self, out: dict, header, sy: float, sx: float) -> Detection2DArray:
         """Boxes scaled from the network's input back to the frame's pixels."""
@@ -261,5 +261,5 @@ def class_ids_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         rows = (torch.arange(h) * (net_h / h)).long().clamp_(max=net_h - 1)
         cols = (torch.arange(w) * (net_w / w)).long().clamp_(max=net_w - 1)
         ids = ids.index_select(0, rows).index_select(1, cols)
-    return ids.numpy()
+    return ids.cpu().numpy()
 

@@ -19,7 +19,8 @@ import torch
 from conftest import TEST_DIR
 from swapnet_core import (BlockStore, StoreCorruptError, StoreError, StoreFormatError, StoreMismatchError,
                           StoreNotFoundError, StoreTruncatedError, open_swapped, SwapNetError, convert, load_resident)
-from swapnet_core.io import BlockReader, HostBuffer
+from swapnet_core.io import BlockReader
+from swapnet_core.memory import HostBuffer
 from swapnet_core.models import make_input
 
 REPO = TEST_DIR.parent

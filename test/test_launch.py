@@ -36,6 +36,12 @@ def test_launch_file_names_installed_executables_and_an_installed_params_file():
     assert kw(next(c for c in calls if kw(c, "executable") == "perception"), "name") is None
     source = (SHARE / "launch" / "perception.launch.py").read_text()
     assert '"config", "perception.yaml"' in source and '"config", "fastdds.xml"' in source
+    # the device reaches the coordinator: a launch argument, passed to the perception process
+    assert 'DeclareLaunchArgument("device"' in source
+    perception = next(c for c in calls if kw(c, "executable") == "perception")
+    params = next(k.value for k in perception.keywords if k.arg == "parameters")
+    assert any(isinstance(e, ast.Dict) and any(isinstance(key, ast.Constant) and key.value == "device" for key in e.keys)
+               for e in params.elts)
     assert (SHARE / "config" / "fastdds.xml").is_file()
 
 

@@ -393,6 +393,9 @@ def test_budget_parameters_bad_values_are_refused_and_change_nothing(client):
 
     c = client
     served(c)
+    import torch
+
+    assert c.status[-1].device == ("cpu" if not torch.cuda.is_available() else c.status[-1].device)  # device: auto
     cases = [  # (value, why it must be refused)
         (float("nan"), "NaN"), (float("inf"), "inf"), (float("-inf"), "-inf"), (-1.0, "negative"), (0.0, "zero"),
         (1e12, "huge, beyond the descriptor's range"), ("12", "a string"), (True, "a bool"),
@@ -837,3 +840,30 @@ def test_a_parameter_out_of_its_range_stops_perception_with_one_line(ros_env):
     log = proc.log_path.read_text()
     assert "status_period_s" in log and "Traceback" not in log, log
     assert sum(line.startswith("perception: error:") for line in log.splitlines()) == 1, log
+
+
+def test_a_cuda_device_where_there_is_none_is_refused_at_configure_and_the_node_stays_up(ros_env, store_dir):
+    """device: cuda on a machine without one: configure fails with the reason (in the log and in
+    ~/status's last_error), the coordinator stays up and unconfigured, and answers its services."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    params = params_for(store_dir)
+    params["swap_coordinator"]["ros__parameters"]["device"] = "cuda"
+    proc = start_perception(params, ros_env, name="cuda_refused")
+    c = Client(proc)
+    try:
+        wait_for(c, lambda: c.status and "no CUDA device is visible" in c.status[-1].last_error, 120,
+                 "the refusal in the status")
+        st = c.status[-1]
+        assert st.state == "unconfigured" and st.device == "" and "device 'cuda' asked for" in st.last_error
+        assert all(m.state == "unconfigured" for m in st.models)
+        assert c.get("swap_coordinator", "device") == "cuda"  # still answering
+        c.spin(1.0)
+        assert proc.poll() is None
+    finally:
+        c.close()
+        stop_process(proc)
+    log = proc.log_path.read_text()
+    assert "Traceback" not in log and "configure failed: device 'cuda' asked for" in log, log[-2000:]

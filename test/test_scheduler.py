@@ -271,3 +271,23 @@ def test_start_serves_the_models_that_can_be_built(stores, disk_dir):
     with pytest.raises(StoreCorruptError):
         alone.start()
     assert alone._arena is None  # nothing kept after a failed start
+
+
+def test_every_model_fills_through_its_own_stager_one_fill_at_a_time(stores):
+    """With prefetch (the next job's first block read while another model computes) and preemption
+    (an urgent job's blocks read between two blocks of a long one), no staging buffer is ever filled
+    by two reads at once: each model has its own Stager, and a model's fills never overlap."""
+    sched, _ = make_scheduler(stores, preemption=True, share=6)
+    sched.start()
+    try:
+        for k in range(6):
+            now = time.monotonic()
+            futures = [sched.submit(n, make_input(X, seed=k), deadline=now + d) for n, d in zip(NAMES, (5.0, 0.01, 1.0))]
+            for f in futures:
+                f.result(timeout=60)
+        stagers = {n: m.swap._stager for n, m in sched._models.items()}
+        assert len({id(s) for s in stagers.values()}) == len(stagers), "two models share a stager"
+        for n, s in stagers.items():
+            assert s.most_in_flight == 1, f"{n}: {s.most_in_flight} fills at once through one staging buffer"
+    finally:
+        sched.shutdown()
