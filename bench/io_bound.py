@@ -158,25 +158,33 @@ def main() -> int:
     args.cold_repeat = args.cold_repeat or (3 if args.quick else 5)
     out = Path(args.out or f"bench/results/io_bound{'_quick' if args.quick else ''}.json")
     shares = QUICK_SHARES if args.quick else SHARES
-    rows, bandwidth, started = [], {}, time.time()
+    rows, bandwidth, failures, started = [], {}, [], time.time()
+    import accelerate
+
+    def save():  # after every model: a long run that stops late keeps what it measured
+        result = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+                              "torch": torch.__version__, "accelerate": accelerate.__version__,
+                              "python": platform.python_version()},
+                  "quick": args.quick, "repeat": {"warm": args.repeat, "cold": args.cold_repeat},
+                  "bandwidth_samples_bytes_per_s": bandwidth, "checks": checks(rows), "failures": failures,
+                  "seconds": time.time() - started, "rows": rows}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="io-bound-", dir=args.stores if Path(args.stores).exists() else None) as tmp:
         for name, (ref, spec, dtype, contenders) in models.items():
             samples = bandwidth.setdefault(name, [])
-            rows += peers.bench_model(name, ref, spec, shares, args, Path(tmp), contenders=contenders, dtype=dtype,
-                                      between_rounds=lambda store, s=samples: s.append(storage_bandwidth(store.weights_path)))
-    add_bounds(rows, bandwidth)
+            mine = peers.bench_model(name, ref, spec, shares, args, Path(tmp), contenders=contenders, dtype=dtype,
+                                     between_rounds=lambda store, s=samples: s.append(storage_bandwidth(store.weights_path)),
+                                     failures=failures)
+            add_bounds(mine, bandwidth)
+            rows += mine
+            save()
     print_table(rows)
     print()
     print("\n".join(checks(rows)))
-    import accelerate
-    result = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "accelerate": accelerate.__version__,
-                          "python": platform.python_version()},
-              "quick": args.quick, "repeat": {"warm": args.repeat, "cold": args.cold_repeat},
-              "bandwidth_samples_bytes_per_s": bandwidth, "checks": checks(rows),
-              "seconds": time.time() - started, "rows": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    for f in failures:
+        print(f"{f['model']}: {f['contender']} at {f['budget_fraction']} could not run: {f['error']}")
     picture = out.with_suffix(".png")
     plot(rows, picture)
     print(f"\nwrote {out} and {picture} ({time.time() - started:.0f} s)")

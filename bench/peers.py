@@ -298,9 +298,11 @@ def _outputs(path: str) -> list:
 
 
 def bench_model(name, ref, spec, shares, args, scratch: Path, contenders=CONTENDERS, dtype="float32",
-                between_rounds=None) -> list[dict]:
+                between_rounds=None, failures: list | None = None) -> list[dict]:
     """Rows for every contender at every budget, from one interleaved session; between_rounds(store)
-    is called after each round of forwards (a measurement that must share the run)."""
+    is called after each round of forwards (a measurement that must share the run). A contender that
+    cannot run a model (accelerate on a module whose forward reads a child's weights) is left out and
+    said in `failures` when given, else raised."""
     from tqdm import tqdm
     from swapnet_core import load_profile, minimum_budget
     from swapnet_core.models import max_abs_diff
@@ -331,9 +333,17 @@ def bench_model(name, ref, spec, shares, args, scratch: Path, contenders=CONTEND
         batch = [spawn(c, b) for c, b in pending[:PARALLEL_SETUP]]
         pending = pending[PARALLEL_SETUP:]
         for w in batch:
-            w.ready = w.answer()
+            try:
+                w.ready = w.answer()
+                workers.append(w)
+            except RuntimeError as e:
+                if failures is None or w.spec["contender"] == "resident":
+                    raise
+                last = [line for line in str(e).splitlines() if line.strip()][-1]
+                failures.append({"model": name, "contender": w.spec["contender"], "budget_bytes": w.spec["budget"],
+                                 "budget_fraction": budgets[w.spec["budget"]], "error": last})
+                print(f"{name}: {w.spec['contender']} at {budgets[w.spec['budget']]} cannot run: {last}", file=sys.stderr)
             bar.update()
-        workers += batch
     bar.close()
     want = _outputs(workers[0].spec["output"])
     for w in workers:

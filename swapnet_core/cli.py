@@ -16,6 +16,7 @@ from .store import STORE_DTYPES
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swapnet", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a model into an execution-ordered block store")
@@ -55,13 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="swapnet: %(levelname)s: %(message)s")
     try:
+        if hasattr(args, "device"):  # a CUDA device where there is none: one line, before any work
+            from .device import resolve_device
+            args.device = str(resolve_device(args.device))
         return {"convert": _convert, "run": _run, "plan": _plan, "info": _info}[args.command](args)
-    except (SwapNetError, ValueError, OSError) as e:
-        lines = str(e).strip().splitlines() or [type(e).__name__]  # a library's message may run on
-        print(f"swapnet: error: {lines[0]}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - every error is one line; --debug shows where it came from
+        if args.debug:
+            import traceback
+            traceback.print_exc()
+        lines = str(e).strip().splitlines() or [type(e).__name__]  # a library's message may run on
+        ours = isinstance(e, (SwapNetError, ValueError, OSError))
+        print(f"swapnet: error: {'' if ours else type(e).__name__ + ': '}{lines[0]}"
+              + ("" if ours or args.debug else " (--debug shows the traceback)"), file=sys.stderr)
+        return 2
 
 
 def _io_options(p) -> None:
@@ -69,7 +78,7 @@ def _io_options(p) -> None:
                    help="direct: O_DIRECT reads into the arena, no page cache (default); mmap: compute on mapped pages")
     p.add_argument("--prefetch", type=int, choices=(0, 1), default=1,
                    help="1: read the next block while the current one computes (default); 0: read on demand")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto (cuda where there is one)")
     p.add_argument("--verify", choices=("first", "always", "never"), default="first",
                    help="check unit checksums on first read and when the file changes (default), always, never")
 

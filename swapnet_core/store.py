@@ -31,6 +31,7 @@ from .errors import StoreError, StoreFormatError, StoreMismatchError, StoreNotFo
 from .identity import RANDOM_SEED, weights_record
 from .models import ModelSpec, call_model, load_weights, make_input, resolve
 from .sizes import align_up, format_bytes
+from .skeleton import build_on_meta
 from .trace import IN_PLACE, PINNED, trace
 
 FORMAT, FORMAT_VERSION = "swapnet-blockstore", 1
@@ -238,8 +239,8 @@ class BlockStore:
     # -- the skeleton --------------------------------------------------------------------------
     def build_skeleton(self) -> nn.Module:
         """The network on torch.device('meta'): structure only, no weight memory. Checked against the store."""
-        with torch.device("meta"):
-            model = self.spec().build().to(self.torch_dtype)  # floating-point tensors, as convert cast them
+        spec = self.spec()
+        model = build_on_meta(spec.build).to(self.torch_dtype)  # floating-point tensors, as convert cast them
         held = {}
         for path, module in model.named_modules():
             for kind, table in (("param", module._parameters), ("buffer", module._buffers)):

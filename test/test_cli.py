@@ -63,6 +63,11 @@ def test_bad_input_gets_one_clear_line(cli_store, disk_dir, tmp_path):
     one_line_error(swapnet_cli("run", cli_store, "--budget", "lots"), "not a size")
     one_line_error(swapnet_cli("run", cli_store, "--budget", "1/2", "--input", "random:1xAx3"), "random:NxCxHxW")
     one_line_error(swapnet_cli("run", tmp_path, "--budget", "1/2"), "not a block store")
+    one_line_error(swapnet_cli("run", cli_store, "--budget", "1/2", "--device", "gpu0"), "device must be")
+    import torch
+
+    if not torch.cuda.is_available():
+        one_line_error(swapnet_cli("run", cli_store, "--budget", "1/2", "--device", "cuda"), "no CUDA device is visible")
 
     corrupt = disk_dir / "cli_corrupt"
     shutil.copytree(cli_store, corrupt)
@@ -101,3 +106,14 @@ def test_plan_prints_blocks_and_prediction(cli_store):
     assert plan["prediction"]["latency_s"] > 0 and plan["planning_ms"] >= 0  # its speed is a benchmark matter
     text = swapnet_cli("plan", cli_store, "--budget", "1/3", "--plan", "uniform")
     assert text.returncode == 0 and "uniform plan" in text.stdout and "predicted latency" in text.stdout
+
+
+def test_an_error_from_the_network_itself_is_one_line_and_debug_shows_where(tmp_path):
+    """raft_small takes two images: traced with one, its own forward raises a TypeError. The command
+    says so in one line (naming the error type, pointing at --debug); --debug adds the traceback."""
+    args = ("convert", "torchvision:raft_small", "--out", tmp_path / "raft", "--input", "random:1x3x64x64", "--quiet")
+    one_line_error(swapnet_cli(*args), "TypeError", "image2", "--debug")
+    r = swapnet_cli("--debug", *args)
+    assert r.returncode == 2 and "Traceback" in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("swapnet: error: TypeError")
+    assert not (tmp_path / "raft").exists()

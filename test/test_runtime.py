@@ -262,3 +262,20 @@ def test_a_half_precision_store_is_exact_against_its_resident_model_and_half_the
             with open_swapped(half, "1/4", io=io) as model:
                 assert torch.equal(model(x), want)
                 assert model.stats.peak_resident_weight_bytes <= model.budget_bytes
+
+
+def test_a_constructor_that_computes_with_its_tensors_still_gets_a_skeleton(convert_once):
+    """torchvision's RegNet reads tensors back in its constructor, which a meta-device build cannot:
+    its skeleton is built with each tensor moved to meta as it is registered, and it swaps exactly."""
+    import torchvision
+
+    with pytest.raises(NotImplementedError), torch.device("meta"):
+        torchvision.models.get_model("regnet_y_400mf", weights=None)
+    store = convert_once("torchvision:regnet_y_400mf", X)
+    skeleton = store.build_skeleton()
+    assert all(t.device.type == "meta" for t in [*skeleton.parameters(), *skeleton.buffers()])
+    x = make_input(X, seed=4)
+    with torch.no_grad():
+        want = load_resident(store)(x)
+        with open_swapped(store, "1/4") as model:
+            assert torch.equal(model(x), want)
