@@ -62,15 +62,18 @@ demo-core: $(STORES)/resnet50/manifest.json
 
 # Every suite (about an hour on two cores), then BENCHMARKS.md and its plots from bench/results/
 bench: setup
+	$(PY) bench/io_bound.py
 	$(PY) bench/peers.py
 	$(PY) bench/swap_vs_resident.py
 	$(PY) bench/multi_dnn.py
 	$(PY) bench/report.py
 
-# Ours vs. resident, naive swapping and accelerate on one small model at two budgets (~3 minutes);
-# writes bench/results/peers_quick.json and latest.json, never the full results
+# Ours vs. resident, naive swapping and accelerate on one small model at two budgets, compute-bound
+# (peers) and I/O-bound (small inputs, against the physical bound): about four minutes; writes the
+# *_quick.json results and latest.json, never the full results
 bench-quick: setup
 	$(PY) bench/peers.py --quick
+	$(PY) bench/io_bound.py --quick
 
 clean:
 	rm -rf build install log build-jazzy install-jazzy log-jazzy $(STORES) out

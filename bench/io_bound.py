@@ -131,12 +131,19 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.plot(*zip(*bound), "k--", lw=1.5, label="physical bound")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        shares = sorted({share_value(r["budget_fraction"]) for r in mine if r["contender"] != "resident"})
+        ax.set_xticks(shares, [f"1/{round(1 / v)}" for v in shares])
+        ax.minorticks_off()
         ax.set_xlabel("budget (share of the weights)")
         ax.set_title(model, fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("latency per forward, ms (cold storage)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    legend = {}
+    for ax in axes[0]:  # every contender once, whichever panel has it
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -150,7 +157,11 @@ def main() -> int:
     ap.add_argument("--stores", default="stores/bench_io", help="where converted stores are kept between runs "
                     "(apart from the other suites': the same networks are traced here with small inputs)")
     ap.add_argument("--out", help="default bench/results/io_bound.json (io_bound_quick.json with --quick)")
+    ap.add_argument("--plot-only", help="draw the picture again from a results JSON, run nothing")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.plot_only).read_text())["rows"], Path(args.plot_only).with_suffix(".png"))
+        return 0
     import torch
     models = {k: v for k, v in MODELS.items() if k in args.models.split(",")} if args.models else \
         QUICK if args.quick else MODELS

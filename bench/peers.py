@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -348,9 +349,12 @@ def bench_model(name, ref, spec, shares, args, scratch: Path, contenders=CONTEND
     want = _outputs(workers[0].spec["output"])
     for w in workers:
         w.ready["max_abs_diff"] = max_abs_diff(want, _outputs(w.spec["output"]))
+    rng = random.Random(0)
     for storage, repeat in (("warm", args.repeat), ("cold", args.cold_repeat)):
         for _ in tqdm(range(repeat), desc=f"{name}: {storage}", file=sys.stderr, leave=False):
-            for w in workers:
+            # a new order every round: storage that throttles after a burst of reads (this machine's does)
+            # must not always slow whichever contender comes last
+            for w in rng.sample(workers, len(workers)):
                 r = w.ask(f"run {storage}")
                 w.times[storage].append(r["ms"])
                 w.reads[storage].append(r["storage_read_bytes"])
