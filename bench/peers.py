@@ -220,7 +220,7 @@ def worker(spec: dict) -> int:
     import torch
     from safetensors.torch import save_file
     from swapnet_core import BlockStore
-    from swapnet_core.models import call_model, flatten_outputs, make_input
+    from swapnet_core.models import call_model, flatten_outputs
     from swapnet_core.profile import _drop_cache
 
     torch.manual_seed(0)

@@ -197,13 +197,10 @@ class SwapModel:
             if self._closed:
                 raise RuntimeError("SwapModel is closed")
             start, stalled = time.perf_counter(), self.stats.stall_seconds
-            ok = False
             try:
                 self._follow_store()
                 self._begin()
-                out = self.module(*args, **kwargs)
-                ok = True
-                return out
+                return self.module(*args, **kwargs)
             finally:
                 self._finish()
                 self.stats.calls += 1

@@ -56,7 +56,7 @@ class SwapModelNode(Node):
         self.declare_parameter("deadline_ms", 0.0, ParameterDescriptor(
             description="relative deadline of a frame; 0 = the measured input period",
             floating_point_range=[FloatingPointRange(from_value=0.0, to_value=60000.0, step=0.0)]))
-        self.declare_parameter("input_topic", f"/camera/image_raw", ParameterDescriptor(
+        self.declare_parameter("input_topic", "/camera/image_raw", ParameterDescriptor(
             description="sensor_msgs/Image topic to serve", **ro))
         self.declare_parameter("input_size", [0, 0], ParameterDescriptor(
             description="[height, width] the frame is resized to for the network; [0, 0] = as received", **ro))

@@ -18,9 +18,7 @@ SMALL = "torchvision:mobilenet_v3_small"
 
 @pytest.fixture(scope="module")
 def ros(ros_env):
-    from lifecycle_msgs.msg import State  # noqa: F401 - rclpy is initialised by ros_env
-
-    return ros_env
+    return ros_env  # rclpy initialised on an isolated domain for this module
 
 
 class Rig:
