@@ -16,7 +16,7 @@ def open_or_convert(folder_name: str, ref: str, input_spec: str, stores: str | o
     path = Path(stores) / folder_name
     try:
         store = BlockStore(path)
-        if identity_mismatch(store, ref, input_spec=input_spec, dtype=dtype) is None:
+        if identity_mismatch(store, ref, input_spec=input_spec, dtype=dtype, slicing="auto") is None:
             return store
     except SwapNetError:
         pass

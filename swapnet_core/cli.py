@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", help="example input: an image file[@HxW] or random:NxCxHxW (default: per model)")
     p.add_argument("--dtype", default="float32", choices=STORE_DTYPES,
                    help="store (and compute) floating-point weights in this dtype (default float32)")
+    p.add_argument("--slice", default="auto", metavar="auto|off|SIZE",
+                   help="cut layers larger than twice SIZE into output slices where that is bit-identical "
+                        "(auto: 1/64 of the weights, at least 1 MiB; off: never)")
     p.add_argument("--force", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -103,12 +106,15 @@ def _make_plan(args, store, x):
 
 
 def _plan(args) -> int:
+    from .plan import minimum_budget
     from .store import BlockStore
 
     store = BlockStore(args.store)
     plan, profile, seconds = _make_plan(args, store, store.make_input(args.input))
+    minimum, unsliced = minimum_budget(store, args.prefetch), minimum_budget(store, args.prefetch, slices=False)
     result = plan.as_dict() | {"store": str(store.path), "model": store.ref, "random_weights": store.random_weights,
                                "model_weight_bytes": store.total_bytes, "planning_ms": seconds * 1000,
+                               "minimum_budget_bytes": minimum, "minimum_budget_unsliced_bytes": unsliced,
                                "io_profile": {"mode": profile.io.mode, "latency_s": profile.io.latency_s,
                                               "bandwidth_bytes_per_s": profile.io.bandwidth_bytes_per_s},
                                "resident_ms": profile.compute.total_s * 1000}
@@ -117,6 +123,7 @@ def _plan(args) -> int:
         return 0
     pred = plan.prediction
     print(f"{store.ref}{' (random weights)' if store.random_weights else ''}: {plan.describe()}")
+    print(f"minimum budget {format_bytes(minimum)} ({format_bytes(unsliced)} with no layer sliced)")
     print(f"planned in {seconds * 1000:.1f} ms; read path {profile.io.mode}: "
           f"{profile.io.bandwidth_bytes_per_s / 2**20:.0f} MiB/s + {profile.io.latency_s * 1e6:.0f} us per read")
     print(f"{'block':>6}{'units':>14}{'bytes':>12}  first unit")
@@ -137,8 +144,11 @@ def _convert(args) -> int:
     from .store import convert
 
     t0 = time.perf_counter()
+    from .sizes import parse_size
+
+    slicing = args.slice if args.slice in ("auto", "off") else parse_size(args.slice)
     store = convert(args.model, args.out, weights=args.weights, input_spec=args.input,
-                    force=args.force, progress=not args.quiet, dtype=args.dtype)
+                    force=args.force, progress=not args.quiet, dtype=args.dtype, slice_bytes=slicing)
     pinned = sum(u.pinned for u in store.units)
     print(f"{store.path}: {len(store.units)} units ({pinned} pinned), {format_bytes(store.total_bytes)} {store.dtype}, "
           f"converted in {time.perf_counter() - t0:.1f} s" + ("; random weights" if store.random_weights else ""))
@@ -225,7 +235,10 @@ def _info(args) -> int:
             "units": len(store.units), "pinned_units": sum(u.pinned for u in store.units),
             "weight_bytes": store.total_bytes, "pinned_bytes": store.pinned_bytes,
             "segments": len(ordered), "never_called_units": len(detached),
-            "minimum_budget_bytes": minimum_budget(store), "minimum_budget_no_prefetch_bytes": minimum_budget(store, 0)}
+            "minimum_budget_bytes": minimum_budget(store), "minimum_budget_no_prefetch_bytes": minimum_budget(store, 0),
+            "minimum_budget_unsliced_bytes": minimum_budget(store, slices=False),
+            "slicing": store.slicing.get("mode", "off"), "sliced_layers": len(store.sliced_layers),
+            "layers_kept_whole": store.slicing.get("whole", {})}
     if args.verify:
         units = store.units
         buf = HostBuffer(units[-1].end - units[0].offset)
@@ -240,6 +253,10 @@ def _info(args) -> int:
         print(json.dumps(info))
     else:
         for k, v in info.items():
+            if k == "layers_kept_whole":
+                for path, why in v.items():
+                    print(f"{'kept whole: ' + path:32} {why}")
+                continue
             print(f"{k:32} {format_bytes(v) + f' ({v})' if k.endswith('bytes') else v}")
     return 0
 

@@ -46,9 +46,9 @@ def same_weights(recorded: dict, weights: str | os.PathLike | None) -> bool:
 
 
 def identity_mismatch(store, ref: str, *, weights: str | os.PathLike | None = None, input_spec: str | None = None,
-                      dtype: str | None = None) -> str | None:
-    """Why `store` is not what (ref, weights, input_spec, dtype) would convert to; None if it is.
-    input_spec and dtype left None are not compared."""
+                      dtype: str | None = None, slicing: str | None = None) -> str | None:
+    """Why `store` is not what (ref, weights, input_spec, dtype, slicing mode) would convert to; None
+    if it is. input_spec, dtype and slicing left None are not compared."""
     if store.ref != ref:
         return f"it holds {store.ref}, not {ref}"
     recorded = store.manifest.get("weights", {})
@@ -59,4 +59,6 @@ def identity_mismatch(store, ref: str, *, weights: str | os.PathLike | None = No
         return f"it was traced with {store.default_input}, not {input_spec}"
     if dtype is not None and store.dtype != dtype:
         return f"it stores {store.dtype}, not {dtype}"
+    if slicing is not None and store.slicing.get("mode", "off") != str(slicing):
+        return f"its layers were sliced {store.slicing.get('mode', 'off')!r}, not {str(slicing)!r}"
     return None

@@ -103,9 +103,10 @@ class Plan:
                 "prediction": None if self.prediction is None else self.prediction.__dict__}
 
 
-def segments(store: BlockStore) -> tuple[list[list[int]], list[list[int]]]:
+def segments(store: BlockStore, slices: bool = True) -> tuple[list[list[int]], list[list[int]]]:
     """(segments visited in order, segments of never-called units): the smallest groups of
-    consecutive units a block may hold."""
+    consecutive units a block may hold. slices=False: the parts of each sliced layer as one segment,
+    as if the store were not sliced (to state what slicing buys)."""
     traced = [u.index for u in store.units if u.traced and not u.pinned]
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -121,8 +122,26 @@ def segments(store: BlockStore) -> tuple[list[list[int]], list[list[int]]]:
         reach = max(reach, last.get(unit, -1))
     if current:
         ordered.append(current)
+    if not slices:
+        ordered = _merge_slices(store, ordered)
     detached = [[u.index] for u in store.units if not u.traced and not u.pinned]
     return ordered, detached
+
+
+def _merge_slices(store: BlockStore, ordered: list[list[int]]) -> list[list[int]]:
+    layer_of = {}
+    for path in store.sliced_layers:
+        for u in store.units:
+            if u.name.startswith(f"{path}.parts."):
+                layer_of[u.index] = path
+    merged: list[list[int]] = []
+    for seg in ordered:
+        layer = layer_of.get(seg[0])
+        if merged and layer is not None and layer_of.get(merged[-1][-1]) == layer:
+            merged[-1] += seg
+        else:
+            merged.append(list(seg))
+    return merged
 
 
 def _nbytes(store: BlockStore, units) -> int:
@@ -140,9 +159,10 @@ def _swap_need(sizes: list[int], prefetch: int, detached: list[int]) -> int:
     return need
 
 
-def minimum_budget(store: BlockStore, prefetch: int = 1, activation_reserve: int = 0) -> int:
-    """The exact smallest feasible budget: every segment its own block (merging only adds bytes)."""
-    ordered, detached = segments(store)
+def minimum_budget(store: BlockStore, prefetch: int = 1, activation_reserve: int = 0, slices: bool = True) -> int:
+    """The exact smallest feasible budget: every segment its own block (merging only adds bytes).
+    slices=False: what it would be had the store's sliced layers been left whole."""
+    ordered, detached = segments(store, slices)
     need = _swap_need([_nbytes(store, s) for s in ordered], prefetch, [_nbytes(store, s) for s in detached])
     return store.pinned_bytes + need + activation_reserve
 
@@ -238,40 +258,132 @@ def plan_optimal(store: BlockStore, budget_bytes: int, profile: Profile, prefetc
     """Which segments to keep resident between calls, and how to cut the others into blocks, for the
     least predicted latency under the budget.
 
-    Candidates: for each swap capacity of a list that depends on the store only (not the budget), and
-    each priority order of segments (file order, most exposed read time per byte, largest first), the
-    longest prefix of the order that fits beside the swap region is kept, and the rest is cut by
-    dynamic programming (optimal_cut). Kept segments leave the read stream; their compute hides the
-    next block's read. Since neither the capacities nor the orders depend on the budget, a larger
-    budget keeps a superset in every candidate: the chosen plan's predicted latency never rises with
-    the budget."""
+    Candidates, for each swap capacity of a list that depends on the store only and each priority
+    order (file order, most exposed read time per byte, largest first):
+      - keep the longest prefix of the order, over segments, that fits beside the swap region, and
+        cut the rest by dynamic programming (optimal_cut; a block never spans a kept segment);
+      - cut everything first, then keep the longest prefix of the order over those blocks.
+    A plan feasible at a smaller budget is feasible at a larger one, so the planner also weighs the
+    candidates of every budget on a ladder below this one (the common shares 1/2 ... 1/10 and steps
+    of 2^(1/2)): it never returns a plan slower, by its own model, than one it would return there."""
     _check_budget(store, budget_bytes, prefetch, activation_reserve)
     whole = _all_resident(store, "optimal", budget_bytes, prefetch, activation_reserve, profile)
     if whole:
         return whole
-    ordered, detached = segments(store)
-    sizes = [_nbytes(store, s) for s in ordered]
-    compute = [sum(profile.compute.unit_s.get(u, 0.0) for u in s) for s in ordered]
-    detached_need = max((_nbytes(store, s) for s in detached), default=0)
-    room = budget_bytes - activation_reserve - store.pinned_bytes  # kept segments + swap region
-    best = None
-    for cap in swap_capacities(sizes):
-        if cap > room:
-            break
-        for order in keep_orders(sizes, compute, profile):
-            kept, used = set(), 0
-            for i in order:  # a prefix: a larger budget keeps a superset
-                if used + sizes[i] > room - cap:
-                    break
-                kept.add(i)
-                used += sizes[i]
-            candidate = _cut_around(store, budget_bytes, prefetch, activation_reserve, profile, sizes, compute,
-                                    kept, cap, detached_need)
-            if candidate is not None and (best is None or candidate.prediction.latency_s < best.prediction.latency_s):
-                best = candidate
+    candidates = _Candidates(store, profile, prefetch, activation_reserve)
+    floor = minimum_budget(store, prefetch, activation_reserve)
+    best = candidates.best(budget_bytes)
+    for rung in budget_ladder(store.total_bytes):
+        if floor <= rung < budget_bytes:
+            lower = candidates.best(rung)
+            if lower is not None and (best is None or lower.prediction.latency_s < best.prediction.latency_s):
+                best = replace(lower, budget_bytes=budget_bytes)
     if best is None:  # every segment its own block fits, by the budget check above
         return _finest(store, "optimal", budget_bytes, prefetch, activation_reserve, profile)
     return best
+
+
+def budget_ladder(total_bytes: int) -> list[int]:
+    """Budgets a plan at a larger budget is weighed against: the usual shares and steps of 2^(1/2)."""
+    shares = {1 / 2, 1 / 3, 1 / 4, 1 / 6, 1 / 8, 1 / 10} | {2 ** (-k / 2) for k in range(1, 21)}
+    return sorted(int(total_bytes * f) for f in shares)
+
+
+class _Candidates:
+    """The candidate plans at one budget, with the dynamic programs shared across budgets (a cut
+    depends only on the capacity and on which segments are kept)."""
+
+    def __init__(self, store, profile, prefetch, reserve):
+        self.store, self.profile, self.prefetch, self.reserve = store, profile, prefetch, reserve
+        ordered, detached = segments(store)
+        self.sizes = [_nbytes(store, s) for s in ordered]
+        self.compute = [sum(profile.compute.unit_s.get(u, 0.0) for u in s) for s in ordered]
+        self.detached_need = max((_nbytes(store, s) for s in detached), default=0)
+        self.orders = keep_orders(self.sizes, self.compute, profile)
+        self._cuts: dict = {}
+
+    def best(self, budget: int) -> Plan | None:
+        room = budget - self.reserve - self.store.pinned_bytes  # kept segments + swap region
+        best = None
+        for cap in swap_capacities(self.sizes):
+            if cap > room:
+                break
+            for plan in (*self._keep_then_cut(budget, room, cap), *self._cut_then_keep(budget, room, cap)):
+                if plan is not None and (best is None or plan.prediction.latency_s < best.prediction.latency_s):
+                    best = plan
+        return best
+
+    def _keep_then_cut(self, budget, room, cap):
+        for order in self.orders:
+            kept = _prefix(order, self.sizes, room - cap)
+            swapped = [i for i in range(len(self.sizes)) if i not in kept]
+            if not swapped or (self.detached_need and max(self.sizes[i] for i in swapped) + self.detached_need > cap):
+                continue
+            cut = self._cut(cap, frozenset(kept))
+            if cut is None:
+                continue
+            groups, resident, pieces = [], set(), iter([[swapped[r] for r in g] for g in cut])
+            i = 0
+            while i < len(self.sizes):
+                if i in kept:
+                    run = [i]
+                    while i + 1 < len(self.sizes) and i + 1 in kept:
+                        i += 1
+                        run.append(i)
+                    resident.add(len(groups))
+                    groups.append(run)
+                else:
+                    groups.append(next(pieces))
+                    i = groups[-1][-1]
+                i += 1
+            yield self._plan(budget, groups, resident)
+
+    def _cut_then_keep(self, budget, room, cap):
+        cut = self._cut(cap, frozenset())
+        if cut is None:
+            return
+        block_bytes = [sum(self.sizes[s] for s in g) for g in cut]
+        block_compute = [sum(self.compute[s] for s in g) for g in cut]
+        for order in keep_orders(block_bytes, block_compute, self.profile):
+            kept = _prefix(order, block_bytes, room - cap)
+            if len(kept) < len(cut):
+                yield self._plan(budget, cut, kept)
+
+    def _cut(self, cap: int, kept: frozenset):
+        """Groups of reduced indices (the segments not kept, in order) for this capacity, or None."""
+        key = (cap, kept)
+        if key not in self._cuts:
+            head, reduced, breaks = self.profile.compute.prologue_s, [], set()
+            for i, c in enumerate(self.compute):
+                if i in kept:
+                    if reduced:
+                        reduced[-1] += c  # a kept segment computes while the next block is read
+                        breaks.add(len(reduced))
+                    else:
+                        head += c
+                else:
+                    reduced.append(c)
+            sizes = [b for i, b in enumerate(self.sizes) if i not in kept]
+            result = optimal_cut(sizes, reduced, cap, head=head, latency_s=self.profile.io.latency_s,
+                                 bandwidth=self.profile.io.bandwidth_bytes_per_s, prefetch=self.prefetch,
+                                 breaks=breaks)
+            self._cuts[key] = None if result is None else result[1]
+        return self._cuts[key]
+
+    def _plan(self, budget, groups, resident) -> Plan | None:
+        plan = _make_plan(self.store, "optimal", budget, self.prefetch, self.reserve, groups, resident, self.profile)
+        return plan if plan.arena_bytes + self.reserve <= budget else None
+
+
+def _prefix(order: list[int], sizes: list[int], room: int) -> set[int]:
+    """The longest prefix of `order` whose sizes fit `room` (a prefix: more room keeps a superset)."""
+    kept, used = set(), 0
+    for i in order:
+        if used + sizes[i] > room:
+            break
+        kept.add(i)
+        used += sizes[i]
+    return kept
 
 
 def swap_capacities(sizes: list[int]) -> list[int]:
@@ -285,9 +397,9 @@ def swap_capacities(sizes: list[int]) -> list[int]:
 
 
 def keep_orders(sizes: list[int], compute: list[float], profile: Profile) -> list[list[int]]:
-    """Orders in which segments are taken to stay resident: file order (a resident prefix), most
-    exposed read time per byte first (a read its predecessor's compute cannot hide costs most), and
-    largest first (big segments force a large swap region)."""
+    """Orders in which segments (or blocks) are taken to stay resident: file order (a resident prefix),
+    most exposed read time per byte first (a read its predecessor's compute cannot hide costs most),
+    and largest first (big pieces force a large swap region)."""
     n = len(sizes)
     read = [profile.io.read_seconds(b) for b in sizes]
     exposed = [max(0.0, read[i] - (compute[i - 1] if i else profile.compute.prologue_s)) / max(sizes[i], 1)
@@ -296,57 +408,12 @@ def keep_orders(sizes: list[int], compute: list[float], profile: Profile) -> lis
             sorted(range(n), key=lambda i: (-sizes[i], i))]
 
 
-def _cut_around(store, budget, prefetch, reserve, profile, sizes, compute, kept, cap, detached_need) -> Plan | None:
-    """The plan that keeps segments `kept` resident and cuts the others optimally for a swap region of
-    `cap` bytes; None if they cannot be cut so."""
-    swapped = [i for i in range(len(sizes)) if i not in kept]
-    if not swapped:
-        return None  # everything kept: only when the whole model fits, handled before
-    if detached_need and max(sizes[i] for i in swapped) + detached_need > cap:
-        return None
-    # the reduced sequence: a swapped segment's compute includes the kept ones after it
-    head = profile.compute.prologue_s
-    reduced_compute, breaks = [], set()
-    for i in range(len(sizes)):
-        if i in kept:
-            if reduced_compute:
-                reduced_compute[-1] += compute[i]
-                breaks.add(len(reduced_compute))  # a block cannot span a kept segment: one read each
-            else:
-                head += compute[i]
-        else:
-            reduced_compute.append(compute[i])
-    result = optimal_cut([sizes[i] for i in swapped], reduced_compute, cap, head=head,
-                         latency_s=profile.io.latency_s, bandwidth=profile.io.bandwidth_bytes_per_s,
-                         prefetch=prefetch, breaks=breaks)
-    if result is None:
-        return None
-    groups, resident, next_group = [], set(), iter([[swapped[r] for r in g] for g in result[1]])
-    i = 0
-    while i < len(sizes):
-        if i in kept:
-            run = [i]
-            while i + 1 < len(sizes) and i + 1 in kept:
-                i += 1
-                run.append(i)
-            resident.add(len(groups))
-            groups.append(run)
-        else:
-            group = next(next_group)
-            groups.append(group)
-            i = group[-1]
-        i += 1
-    plan = _make_plan(store, "optimal", budget, prefetch, reserve, groups, resident, profile)
-    return plan if plan.arena_bytes + reserve <= budget else None
-
-
 def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float, latency_s: float,
-                bandwidth: float, prefetch: int = 1, breaks: set[int] = frozenset(),
-                block_overhead_s: float = 0.0) -> tuple[float, list[list[int]]] | None:
+                bandwidth: float, prefetch: int = 1, breaks: set[int] = frozenset()) -> tuple[float, list[list[int]]] | None:
     """Cut segments (bytes, compute seconds, in execution order) into blocks of consecutive segments
     for a swap region of `cap` bytes, minimising the cost model's latency; `head` is the compute that
-    runs before the first block is needed; a block starts at every index in `breaks`; each block costs
-    `block_overhead_s` more. Returns (latency, groups of segment indices) or None."""
+    runs before the first block is needed; a block starts at every index in `breaks`. Returns
+    (latency, groups of segment indices) or None."""
     m = len(sizes)
     if m == 0:
         return head, []
@@ -356,7 +423,6 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
         next_break[x] = nb
         if x in breaks:
             nb = x
-    lam = block_overhead_s
     off = np.concatenate([[0.0], np.cumsum(np.asarray(sizes, dtype=np.float64))])
     csum = np.concatenate([[0.0], np.cumsum(np.asarray(compute, dtype=np.float64))])
     lat, bw, inf = latency_s, bandwidth, float("inf")
@@ -372,7 +438,7 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
             size = off[j + 1] - off[i]
             read = lat + size / bw
             read[0] = max(head, read[0])  # the first block is read while the head computes
-            cost = F[i] + read + csum[j + 1] - csum[i] + lam
+            cost = F[i] + read + csum[j + 1] - csum[i]
             cost[size > cap] = inf
             cost[:start] = inf
             k = int(np.argmin(cost))
@@ -387,7 +453,7 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
     ends = np.arange(m)
     first = off[ends + 1]
     fits = (first <= cap) & (ends < next_break[0])
-    F[0, ends[fits]] = np.maximum(head, lat + first[fits] / bw) + lam
+    F[0, ends[fits]] = np.maximum(head, lat + first[fits] / bw)
     for j in range(m - 1):
         starts = np.nonzero(np.isfinite(F[:j + 1, j]))[0]
         if starts.size == 0:
@@ -399,7 +465,7 @@ def optimal_cut(sizes: list[int], compute: list[float], cap: int, *, head: float
             continue
         ls = np.arange(j + 1, limit + 1)
         nxt = off[ls + 1] - off[j + 1]  # bytes of each candidate next block
-        cand = F[starts, j][:, None] + np.maximum((csum[j + 1] - csum[starts])[:, None], lat + nxt[None, :] / bw) + lam
+        cand = F[starts, j][:, None] + np.maximum((csum[j + 1] - csum[starts])[:, None], lat + nxt[None, :] / bw)
         cand[used[:, None] + nxt[None, :] > cap] = inf
         best = np.argmin(cand, axis=0)
         value = cand[best, np.arange(ls.size)]

@@ -305,7 +305,7 @@ class Scheduler:
             minimum = self.minimum_budget(name)
             if budget < minimum:
                 raise BudgetTooSmallError(budget, minimum, f"model {name!r}")
-        need = sum(align_up(b, UNIT_ALIGN) for b in budgets.values())
+        need = sum(budgets.values())
         if need > total:
             raise BudgetError(f"the models' budgets add up to {format_bytes(need)}, over the total "
                               f"{format_bytes(total)}")
@@ -316,7 +316,7 @@ class Scheduler:
         A model that cannot be built (its store went bad) is counted as failing and retried at its
         next job; returns those models' errors."""
         self._teardown_models()
-        need = sum(align_up(budgets[n], UNIT_ALIGN) for n in self._models)
+        need = sum(_region_bytes(budgets[n]) for n in self._models)
         if self._arena is None or self._arena.nbytes != need:
             if self._arena is not None:
                 self._arena.close()
@@ -326,7 +326,7 @@ class Scheduler:
         offset, errors = 0, {}
         for name, m in self._models.items():
             m.budget = budgets[name]
-            m.region = (offset, align_up(m.budget, UNIT_ALIGN))
+            m.region = (offset, _region_bytes(m.budget))
             offset += m.region[1]
             try:
                 self._build_model(m)
@@ -513,6 +513,12 @@ class Scheduler:
                 self._execute(urgent, preempting=running.model)
 
         return on_boundary
+
+
+def _region_bytes(budget: int) -> int:
+    """A model's part of the arena: its budget rounded down to whole units (a plan's arena is made of
+    UNIT_ALIGN-sized units, so it fits), so the parts never add up to more than the budgets do."""
+    return budget // UNIT_ALIGN * UNIT_ALIGN
 
 
 def _for_model(x: torch.Tensor, store: BlockStore, device: torch.device) -> torch.Tensor:

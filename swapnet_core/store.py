@@ -32,6 +32,7 @@ from .identity import RANDOM_SEED, weights_record
 from .models import ModelSpec, call_model, load_weights, make_input, resolve
 from .sizes import align_up, format_bytes
 from .skeleton import build_on_meta
+from .slicing import apply_slicing, auto_slice_bytes, exact_bounds, layer_inputs, slice_candidates
 from .trace import IN_PLACE, PINNED, trace
 
 FORMAT, FORMAT_VERSION = "swapnet-blockstore", 1
@@ -108,6 +109,7 @@ class BlockStore:
                 raise TypeError("'weights' must be an object and 'example_input' a string")
             if m.get("dtype", "float32") not in STORE_DTYPES:
                 raise ValueError(f"dtype {m.get('dtype')!r:.40} is not one of {STORE_DTYPES}")
+            _check_slicing(m.get("slicing", {"mode": "off"}))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
             raise StoreFormatError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
         self._check_layout()
@@ -139,6 +141,15 @@ class BlockStore:
     @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPE_BY_NAME[self.dtype]
+
+    @property
+    def slicing(self) -> dict:
+        """What convert sliced: mode, max_slice_bytes, layers (path -> output bounds), whole (path -> why not)."""
+        return self.manifest.get("slicing", {"mode": "off"})
+
+    @property
+    def sliced_layers(self) -> dict[str, list[int]]:
+        return self.slicing.get("layers", {})
 
     def make_input(self, spec: str | None = None, *, seed: int = 0) -> torch.Tensor:
         """An input for this store's network (its conversion's example by default), in the store's dtype."""
@@ -241,6 +252,10 @@ class BlockStore:
         """The network on torch.device('meta'): structure only, no weight memory. Checked against the store."""
         spec = self.spec()
         model = build_on_meta(spec.build).to(self.torch_dtype)  # floating-point tensors, as convert cast them
+        try:
+            apply_slicing(model, self.sliced_layers)  # the same parts, on meta, as convert cut
+        except (AttributeError, TypeError, ValueError) as e:
+            raise StoreMismatchError(f"{self.path}: the store's slicing does not fit {self.ref}: {e}") from None
         held = {}
         for path, module in model.named_modules():
             for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
@@ -285,6 +300,16 @@ def _int_value(v, what: str) -> int:
     return v
 
 
+def _check_slicing(slicing) -> None:
+    layers = slicing.get("layers", {}) if isinstance(slicing, dict) else None
+    if not isinstance(layers, dict):
+        raise TypeError("'slicing' must be an object whose 'layers' is an object")
+    for path, bounds in layers.items():
+        if not (isinstance(path, str) and isinstance(bounds, list) and len(bounds) >= 3
+                and all(type(b) is int for b in bounds) and bounds[0] == 0 and bounds == sorted(set(bounds))):
+            raise ValueError(f"slicing of {path!r:.40}: bounds must be increasing integers from 0")
+
+
 def _parse_unit(index: int, u: dict) -> Unit:
     tensors = []
     for t in u["tensors"]:
@@ -315,9 +340,11 @@ def _parse_unit(index: int, u: dict) -> Unit:
 def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | None = None,
             input_spec: str | None = None, force: bool = False, progress: bool = True,
             spec: ModelSpec | None = None, progress_file=None, dtype: str = "float32",
-            on_progress=None) -> BlockStore:
+            on_progress=None, slice_bytes: int | str | None = "auto") -> BlockStore:
     """Convert a model into a block store at `out`, atomically (a temporary folder renamed into place).
     dtype: float32, float16 or bfloat16, what floating-point weights are stored (and computed) in.
+    slice_bytes: "auto" (1/64 of the weights, at least 1 MiB), a size in bytes, or None/"off": layers
+    larger than twice that are cut into output slices where that is bit-identical (slicing.py).
     on_progress(bytes_written, bytes_total) is called as the weights file is written."""
     out = Path(out)
     if dtype not in STORE_DTYPES:
@@ -335,7 +362,36 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
     input_spec = input_spec or spec.default_input
     example = make_input(input_spec).to(_DTYPE_BY_NAME[dtype])
     before = {name: b.detach().clone() for name, b in model.named_buffers()}  # small: stats, anchors
-    result = trace(model, lambda: call_model(model, spec.call, example))
+
+    def forward():
+        return call_model(model, spec.call, example)
+
+    def restore():  # every later forward starts from the model's state as given (outside any trace)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in before:
+                    b.copy_(before[name])
+
+    result = trace(model, forward)
+    slicing = {"mode": "off"}
+    if slice_bytes not in (None, 0, "off"):
+        limit = auto_slice_bytes(sum(r.tensor.numel() * r.tensor.element_size() for r in result.tensors)) \
+            if slice_bytes == "auto" else int(slice_bytes)
+        candidates, whole = slice_candidates(model, result, limit)
+        restore()
+        inputs = layer_inputs(model, candidates, forward)
+        chosen = {}
+        for path, nbytes in candidates.items():  # kept only where bit-identical to the whole layer
+            bounds, why = exact_bounds(model.get_submodule(path), nbytes, limit, inputs[path])
+            if bounds is None:
+                whole[path] = why
+            else:
+                chosen[path] = bounds
+        slicing = {"mode": str(slice_bytes), "max_slice_bytes": limit, "layers": chosen, "whole": whole}
+        if chosen:
+            apply_slicing(model, chosen)
+            restore()
+            result = trace(model, forward)
     for i, why in result.pin_reasons.items():
         if why == IN_PLACE:  # store the state from before the trace, as the model was given
             changed = result.tensors[i]
@@ -357,6 +413,7 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
             "weights": weights_record(weights),
             "example_input": input_spec,
             "dtype": dtype,
+            "slicing": slicing,
             "created_by": f"swapnet_core {__version__}, torch {torch.__version__}",
         })
         _write_durably(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())

@@ -278,7 +278,8 @@ class SwapCoordinator(LifecycleNode):
         why = "first use"
         try:
             store = BlockStore(folder)
-            why = identity_mismatch(store, ref, weights=weights, input_spec=node.input_spec(), dtype=dtype)
+            why = identity_mismatch(store, ref, weights=weights, input_spec=node.input_spec(), dtype=dtype,
+                                    slicing="auto")
             if why is None:
                 return store
         except SwapNetError as e:

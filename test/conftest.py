@@ -47,16 +47,16 @@ def disk_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def convert_once(disk_dir):
-    """convert_once(ref, input_spec) -> BlockStore, converted once per session."""
+    """convert_once(ref, input_spec[, slice_bytes=...]) -> BlockStore, converted once per session."""
     from swapnet_core import convert
 
     cache = {}
 
-    def get(ref: str, input_spec: str):
-        key = (ref, input_spec)
+    def get(ref: str, input_spec: str, **options):
+        key = (ref, input_spec, tuple(sorted(options.items())))
         if key not in cache:
             out = disk_dir / f"store{len(cache)}"
-            cache[key] = convert(ref, out, input_spec=input_spec, progress=False)
+            cache[key] = convert(ref, out, input_spec=input_spec, progress=False, **options)
         return cache[key]
 
     return get

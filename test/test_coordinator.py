@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from swapnet_core import BlockStore, load_resident
-from swapnet_core.models import call_model
+from swapnet_core.models import call_model, resolve
 
 MB = 1 << 20
 SMALL = "torchvision:mobilenet_v3_small"
@@ -114,14 +114,15 @@ def test_a_cached_store_is_reused_only_if_weights_dtype_and_input_match(ros, dis
     again, _ = serve()
     assert again.store_id == first.store_id, "the same parameters re-converted the store"
 
-    checkpoint = disk_dir / "identity-checkpoint.safetensors"
-    trained = {k: v * 0.5 if v.is_floating_point() else v.clone()
-               for k, v in load_resident(first).state_dict().items()}
+    checkpoint = disk_dir / "identity-checkpoint.safetensors"  # as a user trains it: the network's own keys
+    network = resolve(SMALL).build()
+    trained = {k: v * 0.5 if v.is_floating_point() else v.clone() for k, v in network.state_dict().items()}
     save_file(trained, str(checkpoint))
     with_weights, out = serve(weights=str(checkpoint))
     assert with_weights.store_id != first.store_id and not with_weights.random_weights
-    served = load_resident(with_weights).state_dict()
-    assert all(torch.equal(served[k], v) for k, v in trained.items()), "the served store lacks the checkpoint's weights"
+    network.load_state_dict(trained)
+    with torch.no_grad():
+        assert torch.equal(out, network.eval()(x)), "the served store does not compute with the checkpoint's weights"
     assert not torch.equal(out, random_out)
     same, _ = serve(weights=str(checkpoint))
     assert same.store_id == with_weights.store_id  # same checkpoint: reused, not re-hashed into a new store

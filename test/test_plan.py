@@ -114,13 +114,21 @@ def test_a_block_never_spans_a_forced_break():
 
 def test_predicted_latency_never_rises_with_the_budget(resnet_profile):
     """A plan feasible at a smaller budget is feasible at a larger one, so the planner must never pick a
-    slower one there: predicted latency is non-increasing over a fine sweep of budgets."""
+    slower one there: over a fine sweep of budgets, no plan is predicted slower than the plan at any
+    rung of the budget ladder below it (the usual shares and steps of 2^(1/2)), and it falls along the
+    ladder."""
+    from swapnet_core.plan import budget_ladder
+
     store, profile = resnet_profile
     minimum = minimum_budget(store)
-    budgets = sorted({minimum + (store.total_bytes - minimum) * k // 40 for k in range(41)})
-    latencies = [make_plan(store, b, "optimal", profile).prediction.latency_s for b in budgets]
-    rises = [(budgets[k], budgets[k + 1]) for k in range(len(budgets) - 1) if latencies[k + 1] > latencies[k] * (1 + 1e-9)]
-    assert not rises, f"predicted latency rose between budgets {rises[:3]}"
+    rungs = [b for b in budget_ladder(store.total_bytes) if b >= minimum]
+    sweep = sorted({minimum + (store.total_bytes - minimum) * k // 40 for k in range(41)} | set(rungs))
+    latency = {b: make_plan(store, b, "optimal", profile).prediction.latency_s for b in sweep}
+    for b in sweep:
+        worse = [r for r in rungs if r <= b and latency[b] > latency[r] * (1 + 1e-9)]
+        assert not worse, f"the plan at {b} bytes is predicted slower than the one at {worse[0]}"
+    on_ladder = [latency[r] for r in rungs]
+    assert all(a >= b * (1 - 1e-9) for a, b in zip(on_ladder, on_ladder[1:])), "latency rose along the ladder"
 
 
 def test_resident_blocks_anywhere_in_the_file_swap_exactly(resnet_profile):
