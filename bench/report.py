@@ -247,6 +247,26 @@ def io_bound_section(result: dict) -> list[str]:
     return out
 
 
+def slicing_section(result: dict) -> list[str]:
+    out = ["## What slicing buys (`bench/slicing.py`)", "",
+           "The minimum feasible budget with every layer whole and with large layers cut into exact output slices; "
+           "*exact*: swapped outputs equal the unsliced resident model at 1/4, 1/6 and 1/10 of the weights (or the new "
+           "minimum) in both io modes; latency of the sliced and the unsliced store at a budget both can run (medians "
+           f"of a few forwards, {result['threads']} threads).", "",
+           "| model | weights | minimum unsliced | minimum sliced | layers sliced / kept whole | exact | ms sliced / unsliced |",
+           "|---|---:|---:|---:|---:|---|---:|"]
+    for r in result["rows"]:
+        w = r["weight_bytes"]
+        out.append(f"| {r['model']} | {mib(w)} | {mib(r['minimum_unsliced_bytes'])} ({r['minimum_unsliced_bytes'] / w:.1%}) "
+                   f"| {mib(r['minimum_sliced_bytes'])} ({r['minimum_sliced_bytes'] / w:.1%}) "
+                   f"| {len(r['sliced_layers'])} / {len(r['kept_whole'])} | {'yes' if all(r['exact'].values()) else 'NO'} "
+                   f"| {r['sliced_ms_at_common_budget']:.0f} / {r['unsliced_ms_at_common_budget']:.0f} |")
+    whole = [(r["model"], k, v) for r in result["rows"] for k, v in r["kept_whole"].items()]
+    if whole:
+        out += ["", "Kept whole: " + "; ".join(f"{m} `{k}` ({v})" for m, k, v in whole) + "."]
+    return out + [""]
+
+
 def swap_section(result: dict) -> list[str]:
     out = ["## Swapped vs. resident, plan kinds and io modes (`bench/swap_vs_resident.py`)", "",
            "Medians of one interleaved run; *predicted* is the planner's cost model.", "",
@@ -287,7 +307,7 @@ def main() -> int:
              "`make bench-quick` runs the peer comparison on one small model and two budgets in about three minutes "
              "and leaves this report alone). All figures come from this repository's scripts on the machine named in "
              "each section; ratios are taken within one run.", ""]
-    sections = (("io_bound.json", io_bound_section), ("peers.json", peers_section),
+    sections = (("io_bound.json", io_bound_section), ("slicing.json", slicing_section), ("peers.json", peers_section),
                 ("swap_vs_resident.json", swap_section), ("multi_dnn.json", multi_section))
     for name, section in sections:
         path = results / name
