@@ -23,27 +23,34 @@ def open_or_convert(folder_name: str, ref: str, input_spec: str, stores: str | o
     return convert(ref, path, input_spec=input_spec, force=path.exists(), dtype=dtype)
 
 
-def storage_bandwidth(path: str | os.PathLike, threads: int = 4, chunk: int = 8 << 20) -> float:
-    """Bytes per second of reading the whole file with `threads` concurrent O_DIRECT reads of `chunk`
-    bytes (the page cache bypassed): what the storage gives this file now."""
+def storage_bandwidth(path: str | os.PathLike, threads: int = 4, chunk: int = 8 << 20, nbytes: int | None = None,
+                      start: int = 0) -> float:
+    """Bytes per second of reading `nbytes` of the file (default: all of it) from `start` on, wrapping
+    at its end, with `threads` concurrent O_DIRECT reads of `chunk` bytes (the page cache bypassed):
+    what the storage gives this file now, for a burst of that length (a disk that throttles after a
+    burst gives short bursts more)."""
     import mmap
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     size = os.path.getsize(path) // 4096 * 4096
+    todo = size if nbytes is None else max(4096, min(nbytes, size) // 4096 * 4096)
+    start = start // 4096 * 4096 % size
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     bufs = [mmap.mmap(-1, chunk) for _ in range(threads)]
     try:
-        def lane(k):
-            view = memoryview(bufs[k])
-            for off in range(k * chunk, size, threads * chunk):
-                os.preadv(fd, [view[:min(chunk, size - off)]], off)
+        def lane(k) -> int:
+            view, got = memoryview(bufs[k]), 0
+            for at in range(k * chunk, todo, threads * chunk):
+                off = (start + at) % size  # a chunk that meets the end stops there
+                got += os.preadv(fd, [view[:min(chunk, todo - at, size - off)]], off)
             view.release()
+            return got
 
-        start = time.perf_counter()
+        began = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lane, range(threads)))
-        return size / (time.perf_counter() - start)
+            got = sum(pool.map(lane, range(threads)))
+        return got / (time.perf_counter() - began)
     finally:
         os.close(fd)
         for b in bufs:

@@ -204,6 +204,11 @@ def peers_section(result: dict, results: Path) -> list[str]:
     return out + [""]
 
 
+def predicted(row: dict) -> str:
+    mine = f"{row['predicted_ms']:.0f}"
+    return f"{row['predicted_in_run_ms']:.0f} / {mine}" if "predicted_in_run_ms" in row else mine
+
+
 def io_bound_section(result: dict) -> list[str]:
     """The I/O-bound regime: every contender against the physical bound, cold storage."""
     rows = result["rows"]
@@ -214,10 +219,11 @@ def io_bound_section(result: dict) -> list[str]:
            "its reads. Emulated here with inputs small enough that the resident forward "
            f"({min(resident.values()):.0f}-{max(resident.values()):.0f} ms) is a fraction of reading the weights. "
            "The physical bound is max(resident latency, (weights - budget) / storage bandwidth), the bandwidth measured "
-           "in the same run after every round (four concurrent O_DIRECT streams over the store file; its spread per "
-           "model is given). Cold storage: each page-cache contender drops the file before a forward; ours with direct "
+           "in the same run after every round, per budget, over a burst as long as the forward's (weights - budget "
+           "bytes from a random place in the store file, four concurrent O_DIRECT streams; its spread is given): "
+           "this disk reads short bursts up to twice as fast as long ones. Cold storage: each page-cache contender drops the file before a forward; ours with direct "
            "io never uses the page cache. Medians of one interleaved run.", "",
-           "| model | budget | GB/s (spread) | resident ms | bound ms | ours direct ms | / bound | read beyond W-B | predicted ms | ours mmap | naive | accelerate |",
+           "| model | budget | GB/s (spread) | resident ms | bound ms | ours direct ms | / bound | read beyond W-B | predicted ms (in run / profile's) | ours mmap | naive | accelerate |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model in dict.fromkeys(r["model"] for r in cold):
         mine = [r for r in cold if r["model"] == model]
@@ -234,10 +240,12 @@ def io_bound_section(result: dict) -> list[str]:
             out.append(f"| {model} | {share}{'*' if ours['min_feasible'] else ''} "
                        f"| {ours['storage_bandwidth_bytes_per_s'] / 1e9:.2f} ({lo / 1e9:.2f}-{hi / 1e9:.2f}) "
                        f"| {resident[model]:.0f} | {ours['bound_ms']:.0f} | {ours['median_ms']:.0f} "
-                       f"| {ours['ratio_to_bound']:.2f} | {ours['excess_read_share']:+.1%} | {ours['predicted_ms']:.0f} "
+                       f"| {ours['ratio_to_bound']:.2f} | {ours['excess_read_share']:+.1%} | {predicted(ours)} "
                        f"| {peer('ours_mmap')} | {peer('naive')} | {peer('accelerate')} |")
     out += ["", "*ours mmap, naive, accelerate*: their latency over ours (direct io) at the same budget; "
             "*read beyond W-B*: bytes ours reads per forward beyond weights - budget, as a share of the weights; "
+            "*predicted*: the cost model with the bandwidth this run measured, and with the profile's (measured once, "
+            "after conversion; this disk's rate drifts, so the second mixes the model's error with the disk's); "
             "\\* = raised to the model's minimum budget. " + (
                 "Could not run: " + "; ".join(f"{f['contender']} on {f['model']} at {f['budget_fraction']} ({f['error']})"
                                             for f in result.get("failures", [])) + "." if result.get("failures") else ""),
