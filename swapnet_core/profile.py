@@ -28,8 +28,12 @@ from .store import BlockStore
 
 log = logging.getLogger("swapnet_core.profile")
 PROFILE_NAME = "profile.json"
-PROFILE_VERSION = 4  # bump when what is measured changes: older caches are measured again
+PROFILE_VERSION = 5  # bump when what is measured changes: older caches are measured again
 READ_SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20)  # block sizes plans use
+# Reads are sampled up to this size even under a smaller budget (a transient buffer, freed before the
+# model is built): the profile is cached for every later budget, and a fit over reads of one size
+# (half of a sliced store's minimum, ~1 MiB) sees no per-read latency, so plans cut far too many blocks.
+IO_SAMPLE_MIN_BYTES = 32 << 20
 READ_PLACES = (0.2, 0.5, 0.8)  # where in the file runs are read: storage is not uniform
 
 
@@ -255,7 +259,8 @@ def _fit(samples: list[tuple[int, float]]) -> tuple[float, float]:
 def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: str = "direct",
                  runs: int = 5, refresh: bool = False, budget_bytes: int | None = None) -> Profile:
     """The cached profile for (device, dtype, input shape, threads) and io mode, measured if missing
-    (within budget_bytes of weight memory where given)."""
+    (compute within budget_bytes of weight memory where given; reads sampled up to IO_SAMPLE_MIN_BYTES
+    at least, in a buffer freed before any model is built)."""
     path = store.path / PROFILE_NAME
     cache = _read_cache(path, store.store_id)
     ckey = compute_key(device, x)
@@ -270,7 +275,8 @@ def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: st
         changed = True
     if refresh or ikey not in cache["io"]:
         cache["io"][ikey] = asdict(profile_io(store, io, cold=io != "mmap", device=device,
-                                              max_bytes=budget_bytes // 2 if budget_bytes else None))
+                                              max_bytes=max(budget_bytes // 2, IO_SAMPLE_MIN_BYTES)
+                                              if budget_bytes else None))
         changed = True
     if changed:
         _write_cache(path, cache)

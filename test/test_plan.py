@@ -68,6 +68,19 @@ def test_profile_is_cached_next_to_the_store(resnet_profile):
     assert profile.io.bandwidth_bytes_per_s > 0 and profile.compute.total_s > 0
 
 
+def test_reads_are_profiled_at_block_sizes_beyond_the_budget_profiled_at(resnet_profile):
+    """The io profile is cached for every later budget: profiled at the minimum budget (about 1 MiB
+    of reads allowed), it must still sample the sizes larger budgets cut, or its fit sees one size, no
+    per-read latency, and plans cut far too many blocks."""
+    store, _profile = resnet_profile
+    x = make_input("random:1x3x64x64")
+    floor = minimum_budget(store)
+    assert floor // 2 < (8 << 20)
+    profile = load_profile(store, x, budget_bytes=floor, refresh=True)
+    sizes = [n for n, _t in profile.io.samples]
+    assert max(sizes) >= 8 << 20 and max(sizes) >= 8 * min(sizes)
+
+
 def test_optimal_is_no_slower_than_greedy_and_uniform_by_its_own_model(resnet_profile):
     store, profile = resnet_profile
     for share in (2, 3, 4, 6):
