@@ -1,0 +1,100 @@
+"""Weights the user has without naming a file: a save_pretrained folder's safetensors (single or
+sharded), and torchvision's DEFAULT weights from the local torch hub cache. Nothing downloads."""
+
+import pytest
+import torch
+import torchvision
+
+import tiny_transformers as tiny
+from conftest import swapnet_cli
+from swapnet_core import WeightsError, convert, load_resident, open_swapped
+from swapnet_core.identity import identity_mismatch
+from swapnet_core.models import resolve
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_model_folder_serves_its_own_weights(shard, tmp_path, disk_dir):
+    folder = tmp_path / "detr"
+    original = tiny.save_folder(tiny.detr(), folder, seed=7, shard=shard)
+    ref = f"transformers:{folder}"
+    assert len(resolve(ref).bundled_weights) == (1 if shard is None else 3)
+    store = convert(ref, disk_dir / f"detr-{shard}", input_spec="random:1x3x64x96", progress=False, force=True)
+    assert not store.random_weights
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = original(pixel_values=x)
+        resident = load_resident(store)(pixel_values=x)
+        model = open_swapped(store, "1/2", example_input=x)
+        try:
+            swapped = model(pixel_values=x)
+        finally:
+            model.close()
+    for got in (resident, swapped):
+        assert torch.equal(got.logits, want.logits) and torch.equal(got.pred_boxes, want.pred_boxes)
+    assert identity_mismatch(store, ref) is None
+    # other weights in the folder: the store no longer holds what the reference names
+    tiny.save_folder(tiny.detr(), folder, seed=8, shard=shard)
+    assert "weights" in identity_mismatch(store, ref)
+
+
+def test_model_folder_with_pickled_weights_only_is_refused(tmp_path):
+    folder = tmp_path / "detr"
+    model = tiny.model_of(tiny.detr())
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # how older transformers saved weights
+    with pytest.raises(WeightsError, match="pickled weights") as e:
+        resolve(f"transformers:{folder}")
+    assert "\n" not in str(e.value)
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-1.safetensors"}}')
+    with pytest.raises(WeightsError, match="model-1.safetensors, which is not in"):
+        resolve(f"transformers:{folder}")
+
+
+def test_default_weights_come_from_the_torch_hub_cache(tmp_path, disk_dir, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    ref = "torchvision:squeezenet1_1"
+    with pytest.raises(WeightsError, match="expected at .*squeezenet1_1-b8a52dc0.pth") as e:
+        convert(ref, disk_dir / "squeeze-default", weights="DEFAULT", input_spec="random:1x3x64x64", progress=False)
+    assert "\n" not in str(e.value) and not (disk_dir / "squeeze-default").exists()
+    path = tmp_path / "torch" / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    torch.manual_seed(5)
+    pretrained = torchvision.models.squeezenet1_1().eval()
+    path.parent.mkdir(parents=True)
+    torch.save(pretrained.state_dict(), path)
+    store = convert(ref, disk_dir / "squeeze-default", weights="DEFAULT", input_spec="random:1x3x64x64", progress=False)
+    assert store.manifest["weights"]["source"] == str(path)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_resident(store)(x), pretrained(x))
+    assert identity_mismatch(store, ref, weights="DEFAULT") is None
+    assert identity_mismatch(store, ref) is not None  # random weights are something else
+    torch.manual_seed(6)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), path)  # the cache now holds other weights
+    assert "weights" in identity_mismatch(store, ref, weights="DEFAULT")
+
+
+def test_default_weights_refusals_are_one_line(tmp_path):
+    with pytest.raises(WeightsError, match="DEFAULT name torchvision's pretrained weights"):
+        resolve("transformers:depth-anything-small").weights_for("DEFAULT")
+    cli = swapnet_cli("convert", "torchvision:squeezenet1_1", "--out", tmp_path / "s", "--weights", "DEFAULT",
+                      "--input", "random:1x3x32x32", env_extra={"TORCH_HOME": str(tmp_path / "empty")})
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
+    assert cli.stderr.strip().count("\n") == 0 and "squeezenet1_1-b8a52dc0.pth" in cli.stderr
+
+
+def test_demo_runs_pretrained_weights_where_the_cache_has_them(tmp_path, monkeypatch, capsys):
+    from swapnet_ros.demo import choose_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = tmp_path / "torch" / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), path)
+    models = {"cached": "torchvision:squeezenet1_1", "absent": "torchvision:squeezenet1_0",
+              "no_enum": "transformers:depth-anything-small"}
+    params = {"swap_coordinator": {"ros__parameters": {"models": list(models)}}}
+    params.update({name: {"ros__parameters": {"model": ref, "weights": ""}} for name, ref in models.items()})
+    assert choose_weights(params) == ["absent", "no_enum"]
+    assert [params[n]["ros__parameters"]["weights"] for n in models] == ["DEFAULT", "", ""]
+    printed = capsys.readouterr().out
+    assert f"cached: torchvision:squeezenet1_1: DEFAULT = SqueezeNet1_1_Weights.IMAGENET1K_V1 from the torch hub cache ({path})" in printed
+    assert "absent: torchvision:squeezenet1_0: random weights (seed 0)" in printed
