@@ -189,6 +189,7 @@ class SwapCoordinator(LifecycleNode):
             for name, node in self.clients_by_name.items():
                 try:
                     store = self._open_store(node)
+                    node.bind_store(store)  # its class names, normalisation and output adapter
                     sched.add_model(name, store, node.budget_bytes(), example_input=node.example_input())
                 except Exception as e:  # noqa: BLE001 - that model only (a store, a constructor): serve the others
                     self.unavailable[name] = f"{type(e).__name__}: {e}"
