@@ -146,8 +146,13 @@ def marked_function(ref: str, mark: str, decorator: str, what: str) -> Callable:
     return fn
 
 
-def call_model(model: Callable, call: str, x: torch.Tensor):
-    """Run `model` on the image batch x with the model's calling convention."""
+def call_model(model: Callable, call: str, x: torch.Tensor | tuple[torch.Tensor, ...]):
+    """Run `model` on the image batch x with the model's calling convention; several inputs (a tuple,
+    from a spec such as random:1x3x64x64,random:1x3x64x64) are passed as positional arguments."""
+    if isinstance(x, tuple):
+        if call != CALL_TENSOR:
+            raise InputSpecError(f"several inputs are passed as positional tensors; a {call} model takes one batch")
+        return model(*x)
     if call == CALL_IMAGE_LIST:
         return model(list(x.unbind(0)))
     if call == CALL_PIXEL_VALUES:
@@ -198,10 +203,9 @@ def _torchvision(ref: str, rest: str) -> ModelSpec:
     if "weights_backbone" in params:
         kwargs.setdefault("weights_backbone", None)
     module = fn.__module__
-    if ".optical_flow" in module:
-        raise ModelRefError(f"{ref!r}: {name} takes two images (the flow from image1 to image2); swapnet runs "
-                            f"networks called with one image batch")
-    if ".detection" in module:
+    if ".optical_flow" in module:  # RAFT: the flow from image1 to image2
+        task, call, default = "optical_flow", CALL_TENSOR, "random:1x3x128x128,random:1x3x128x128"
+    elif ".detection" in module:
         task, call, default = "detection", CALL_IMAGE_LIST, "random:1x3x480x640"
     elif ".segmentation" in module:
         task, call, default = "segmentation", CALL_TENSOR, "random:1x3x480x640"
@@ -348,8 +352,18 @@ def _few(keys: list[str]) -> str:
     return "none" if not keys else ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
-def make_input(spec: str, *, seed: int = 0) -> torch.Tensor:
-    """An image batch from 'random:NxCxHxW' (seeded, in [0, 1)) or an image file path[@HxW]."""
+def map_inputs(x, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """fn applied to the input, or to each of several inputs (a tuple)."""
+    return tuple(fn(t) for t in x) if isinstance(x, tuple) else fn(x)
+
+
+def make_input(spec: str, *, seed: int = 0) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """An image batch from 'random:NxCxHxW' (seeded, in [0, 1)) or an image file path[@HxW]; several
+    comma-separated specs give a tuple of inputs (a two-image network: random:1x3x64x64,random:1x3x64x64),
+    each seeded differently."""
+    parts = spec.split(",") if isinstance(spec, str) else [spec]
+    if len(parts) > 1 and not Path(spec.partition("@")[0]).is_file():
+        return tuple(make_input(part.strip(), seed=seed + i) for i, part in enumerate(parts))
     if spec.startswith("random:"):
         try:
             shape = [int(d) for d in spec[len("random:"):].lower().split("x")]

@@ -96,8 +96,8 @@ def test_torchvision_outputs_and_category_names():
 
 def test_transformers_refs_carry_their_task_and_input():
     assert resolve("transformers:depth-anything-small").default_input == "random:1x3x364x490"
-    with pytest.raises(ModelRefError, match="takes two images"):
-        resolve("torchvision:raft_small")
+    raft = resolve("torchvision:raft_small")  # two images: two inputs (test_inputs.py)
+    assert raft.default_input == "random:1x3x128x128,random:1x3x128x128"
 
 
 def test_only_marked_adapters_are_named(tmp_path, monkeypatch):
