@@ -6,7 +6,8 @@ Referenced as `toy_models:NAME` (the tests put this folder on the import path).
 import torch
 from torch import nn
 
-from swapnet_core import model_factory
+from swapnet_core import model_factory, output_adapter
+from swapnet_core.adapters import ClassScores
 
 
 class ClassToken(nn.Module):
@@ -251,3 +252,9 @@ class TwoImages(nn.Module):
 @model_factory(example_input="random:1x3x32x32,random:1x3x32x32")
 def two_images():
     return TwoImages()
+
+
+@output_adapter
+def scores_of_the_first_image(output, input_size, info):
+    """A user's own adapter: the network's raw (N, C, H, W) output as class scores."""
+    return ClassScores(output[0])
