@@ -49,7 +49,8 @@ from common import shm_paths  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
 # what each model node publishes; the first topic of each is the one that says "served"
-OUTPUTS = {"detection": ["detections"], "segmentation": ["mask", "mask_color"], "depth": ["depth_relative"]}  # Depth Anything: relative
+# (Depth Anything predicts relative inverse depth: ~/depth_relative)
+OUTPUTS = {"detection": ["detections"], "segmentation": ["mask", "mask_color"], "depth": ["depth_relative"]}
 PROBE_ID = "probe"
 
 

@@ -127,8 +127,8 @@ def main() -> int:
     print("image->result: camera stamp to result received by the viewer (another process); scheduler: frame "
           "submitted to result ready, swapping included; ROS overhead: the difference")
     if random_models:
-        print(f"note: {', '.join(random_models)} run with random weights (no `weights` configured, no pretrained file in the torch hub "
-              f"cache): "
+        print(f"note: {', '.join(random_models)} run with random weights (no `weights` configured, no pretrained "
+              f"file in the torch hub cache): "
               f"their outputs are noise; the swapping, scheduling and timing are real")
     return 0
 

@@ -80,8 +80,9 @@ class SwapModelNode(Node):
         self.declare_parameter("depth_kind", "auto", ParameterDescriptor(
             description="depth: metric (metres, ~/depth), relative (relative inverse depth, ~/depth_relative) or "
                         "auto (what the model says it predicts)", **ro))
-        if self.get_parameter("depth_kind").value not in DEPTH_KINDS:
-            raise ValueError(f"{name}: depth_kind must be one of {DEPTH_KINDS}, got {self.get_parameter('depth_kind').value!r}")
+        kind = self.get_parameter("depth_kind").value
+        if kind not in DEPTH_KINDS:
+            raise ValueError(f"{name}: depth_kind must be one of {DEPTH_KINDS}, got {kind!r}")
         on_parameters(self, self._check_parameters, self._apply_parameters)
         accept_integers_as_doubles(self, ["budget_mb", "deadline_ms", "score_threshold"])
         self.coordinator = coordinator

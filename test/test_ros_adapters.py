@@ -9,6 +9,7 @@ import torch
 import transformers as T
 
 import tiny_transformers as tiny
+from swapnet_core.models import IMAGENET_NORMALIZE
 from conftest import collect, spin_for, start_perception, stop_process, wait_for
 
 H, W = 120, 160  # the frame
@@ -56,7 +57,8 @@ def client(served):
     node.create_subscription(CoordinatorStatus, "/swap_coordinator/status", c.status.append, 10)
     c.spin = lambda secs: spin_for(node, secs)
     wait_for(c, lambda: c.status and c.status[-1].state == "active", 240, "the coordinator to activate")
-    assert all(m.state in ("ready", "serving") for m in c.status[-1].models), [(m.name, m.last_error) for m in c.status[-1].models]
+    models = c.status[-1].models
+    assert all(m.state in ("ready", "serving") for m in models), [(m.name, m.last_error) for m in models]
     wait_for(c, lambda: c.pub.get_subscription_count() >= 3, 30, "the model nodes to subscribe")
     yield c
     node.destroy_node()
@@ -76,7 +78,7 @@ def test_transformers_models_publish_in_frame_pixels_with_their_names(client):
 
     # what DETR's own image processor makes of the same network input, for a frame of H x W
     x = torch.nn.functional.interpolate(array_to_tensor(rgb), size=NET, mode="bilinear", align_corners=False)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET_NORMALIZE)
     with torch.no_grad():
         out = client.models["detr"](pixel_values=(x - mean) / std)
     want = T.DetrImageProcessor().post_process_object_detection(out, threshold=-1.0, target_sizes=[(H, W)])[0]
@@ -87,7 +89,8 @@ def test_transformers_models_publish_in_frame_pixels_with_their_names(client):
         center, size = (box[0] + box[2]) / 2, box[2] - box[0]
         assert det.bbox.center.position.x == pytest.approx(center, abs=1e-3)
         assert det.bbox.center.position.y == pytest.approx((box[1] + box[3]) / 2, abs=1e-3)
-        assert (det.bbox.size_x, det.bbox.size_y) == (pytest.approx(size, abs=1e-3), pytest.approx(box[3] - box[1], abs=1e-3))
+        assert det.bbox.size_x == pytest.approx(size, abs=1e-3)
+        assert det.bbox.size_y == pytest.approx(box[3] - box[1], abs=1e-3)
         assert det.results[0].hypothesis.class_id == ["cat", "dog", "bird"][label]
         assert det.results[0].hypothesis.score == pytest.approx(score, abs=1e-6)
 
