@@ -142,6 +142,7 @@ def _plan(args) -> int:
 
 
 def _convert(args) -> int:
+    from .identity import weights_summary
     from .store import convert
 
     t0 = time.perf_counter()
@@ -152,7 +153,7 @@ def _convert(args) -> int:
                     force=args.force, progress=not args.quiet, dtype=args.dtype, slice_bytes=slicing)
     pinned = sum(u.pinned for u in store.units)
     print(f"{store.path}: {len(store.units)} units ({pinned} pinned), {format_bytes(store.total_bytes)} {store.dtype}, "
-          f"converted in {time.perf_counter() - t0:.1f} s" + ("; random weights" if store.random_weights else ""))
+          f"converted in {time.perf_counter() - t0:.1f} s; {weights_summary(store.manifest.get('weights', {}))}")
     return 0
 
 

@@ -29,6 +29,16 @@ def weights_record(weights: str | os.PathLike | tuple | None) -> dict:
     return {"source": str(path), "sha256": file_sha256(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def weights_summary(recorded: dict) -> str:
+    """A manifest's weights record, in words."""
+    source = recorded.get("source")
+    if source == "random":
+        return f"random weights (seed {recorded.get('seed', RANDOM_SEED)})"
+    if isinstance(source, list) and source:
+        return f"the weights of {Path(source[0]).parent} ({len(source)} safetensors file{'s' * (len(source) > 1)})"
+    return f"the weights of {source}" if source else "weights it does not record"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -68,8 +78,7 @@ def identity_mismatch(store, ref: str, *, weights: str | os.PathLike | None = No
         weights = resolve(ref).weights_for(weights)
     recorded = store.manifest.get("weights", {})
     if not same_weights(recorded, weights):
-        had = "random weights" if recorded.get("source") == "random" else f"the weights of {recorded.get('source')}"
-        return f"it holds {had}, not {describe(weights)}"
+        return f"it holds {weights_summary(recorded)}, not {describe(weights)}"
     if input_spec is not None and store.default_input != input_spec:
         return f"it was traced with {store.default_input}, not {input_spec}"
     if dtype is not None and store.dtype != dtype:

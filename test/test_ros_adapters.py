@@ -34,6 +34,7 @@ def served(ros_env, ros_store_dir):
               "segmentation": node("segmentation", folders["segformer"], input_size=[64, 80]),
               "depth": node("depth", folders["depth"], input_size=[28, 42])}
     proc = start_perception(params, ros_env, name="perception_adapters")
+    proc.folders = folders
     yield proc, models
     stop_process(proc)
 
@@ -100,3 +101,10 @@ def test_transformers_models_publish_in_frame_pixels_with_their_names(client):
     depth = client.results["depth"][-1]
     assert (depth.encoding, depth.height, depth.width) == ("32FC1", H, W)
     assert np.isfinite(np.frombuffer(bytes(depth.data), np.float32)).all()
+
+
+def test_the_log_says_which_weights_each_model_runs(client):
+    log = client.proc.log_path.read_text()
+    assert "(3 safetensors files)" in log  # the sharded DETR folder's own weights
+    folder = client.proc.folders["segformer"]
+    assert f"segmentation: transformers:{folder} with the weights of {folder} (1 safetensors file)" in log, log
