@@ -63,6 +63,7 @@ class ModelSpec:
     bundled_weights: tuple[Path, ...] = ()  # weights the reference itself carries (a save_pretrained folder)
     bundled_loader: Callable[[nn.Module], None] | None = field(default=None, repr=False)
     pretrained: Callable[[], Path] | None = field(default=None, repr=False)  # weights DEFAULT: the cached file
+    pretrained_file: Path | None = field(default=None, repr=False)  # what weights_for found for DEFAULT
     normalize: tuple | None = IMAGENET_NORMALIZE  # (mean, std) a frame in [0, 1] is normalised with; None: inside
 
     def __post_init__(self):
@@ -78,7 +79,8 @@ class ModelSpec:
             if self.pretrained is None:
                 raise WeightsError(f"{self.ref}: weights DEFAULT name torchvision's pretrained weights; "
                                    f"this model has none (give a checkpoint file)")
-            return self.pretrained()
+            self.pretrained_file = self.pretrained()
+            return self.pretrained_file
         return weights
 
     def load(self, model: nn.Module, weights) -> None:
@@ -86,7 +88,7 @@ class ModelSpec:
         if self.bundled_loader is not None and weights == self.bundled_weights:
             self.bundled_loader(model)
         else:
-            load_weights(model, weights)
+            load_weights(model, weights, training_extras=weights == self.pretrained_file)
 
     def build(self) -> nn.Module:
         """Build the network (on the current default device: use `torch.device('meta')` for a skeleton)."""
@@ -321,8 +323,11 @@ def _factory(ref: str, module_name: str, rest: str) -> ModelSpec:
     return ModelSpec(ref, lambda: fn(**kwargs), task, call, default)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint into `model`: safetensors, or a state dict read with weights_only=True."""
+def load_weights(model: nn.Module, path: str | Path, *, training_extras: bool = False) -> None:
+    """Load a local checkpoint into `model`: safetensors, or a state dict read with weights_only=True.
+    training_extras: the checkpoint is torchvision's pretrained one, saved from the builder's training
+    configuration: FrozenBatchNorm layers (no num_batches_tracked counters, which inference never
+    reads) and auxiliary heads (aux_classifier, AuxLogits) that a network built for inference lacks."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -343,9 +348,13 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds no state dict")
     result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(f"{path} does not fit the model: missing {_few(result.missing_keys)}, "
-                           f"unexpected {_few(result.unexpected_keys)}")
+    missing, unexpected = result.missing_keys, result.unexpected_keys
+    if training_extras:
+        children = dict(model.named_children())
+        missing = [k for k in missing if not k.endswith(".num_batches_tracked")]
+        unexpected = [k for k in unexpected if k.partition(".")[0] in children]
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not fit the model: missing {_few(missing)}, unexpected {_few(unexpected)}")
 
 
 def _few(keys: list[str]) -> str:

@@ -73,6 +73,33 @@ def test_default_weights_come_from_the_torch_hub_cache(tmp_path, disk_dir, monke
     assert "weights" in identity_mismatch(store, ref, weights="DEFAULT")
 
 
+def test_default_checkpoints_saved_in_training_configuration_fit(tmp_path, monkeypatch):
+    """torchvision's pretrained files come from the builder's training configuration: DeepLabV3's holds
+    the auxiliary head (aux_loss), detectors' FrozenBatchNorm layers hold no num_batches_tracked. Both
+    load into the network built for inference; an arbitrary checkpoint stays strict."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(2)
+    trained = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(weights_backbone=None, aux_loss=True).eval()
+    torch.save(trained.state_dict(), cache / "deeplabv3_mobilenet_v3_large-fc3c493d.pth")
+    spec = resolve("torchvision:deeplabv3_mobilenet_v3_large")
+    model = spec.build()
+    spec.load(model, spec.weights_for("DEFAULT"))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)["out"], trained(x)["out"]) and "aux" not in model(x)
+    mine = tmp_path / "mine.pth"  # the same bytes named as the user's own checkpoint: strict
+    mine.write_bytes((cache / "deeplabv3_mobilenet_v3_large-fc3c493d.pth").read_bytes())
+    with pytest.raises(WeightsError, match="unexpected aux_classifier"):
+        spec.load(spec.build(), mine)
+
+    detector = resolve("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn")
+    state = {k: v for k, v in detector.build().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, cache / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth")
+    detector.load(detector.build(), detector.weights_for("DEFAULT"))
+
+
 def test_default_weights_refusals_are_one_line(tmp_path):
     with pytest.raises(WeightsError, match="DEFAULT name torchvision's pretrained weights"):
         resolve("transformers:depth-anything-small").weights_for("DEFAULT")
