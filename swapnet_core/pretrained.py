@@ -73,7 +73,7 @@ def load_hf_folder(model: nn.Module, folder: Path) -> None:
                                                        output_loading_info=True)
     except (OSError, ValueError) as e:
         raise WeightsError(f"cannot load the weights of {folder}: {str(e).splitlines()[0]}") from None
-    bad = [f"{what} {', '.join(map(str, keys[:3]))}" for what, keys in
+    bad = [f"{what} {', '.join(sorted(map(str, keys))[:3])}" for what, keys in
            (("missing", info.get("missing_keys")), ("mismatched", info.get("mismatched_keys"))) if keys]
     if bad:
         raise WeightsError(f"the weights in {folder} do not fit {type(model).__name__}: {'; '.join(bad)}")

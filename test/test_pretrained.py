@@ -50,6 +50,19 @@ def test_model_folder_with_pickled_weights_only_is_refused(tmp_path):
         resolve(f"transformers:{folder}")
 
 
+def test_model_folder_missing_a_tensor_is_refused_in_one_line(tmp_path, disk_dir):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "seg"
+    tiny.save_folder(tiny.segformer(), folder)
+    state = load_file(folder / "model.safetensors")
+    del state[sorted(state)[0]]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(WeightsError, match="do not fit SegformerForSemanticSegmentation: missing") as e:
+        convert(f"transformers:{folder}", disk_dir / "seg-missing", input_spec="random:1x3x64x64", progress=False)
+    assert "\n" not in str(e.value) and not (disk_dir / "seg-missing").exists()
+
+
 def test_default_weights_come_from_the_torch_hub_cache(tmp_path, disk_dir, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     ref = "torchvision:squeezenet1_1"
