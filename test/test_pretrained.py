@@ -37,6 +37,27 @@ def test_model_folder_serves_its_own_weights(shard, tmp_path, disk_dir):
     assert "weights" in identity_mismatch(store, ref)
 
 
+@pytest.mark.parametrize("name,make,size", [
+    ("yolos", tiny.yolos, (64, 96)), ("rt_detr", tiny.rt_detr, (64, 96)), ("segformer", tiny.segformer, (64, 96)),
+    ("mask2former", tiny.mask2former, (64, 64)), ("depth_metric", lambda: tiny.depth_anything("metric"), (28, 42))])
+def test_every_family_swaps_bit_identically_to_the_model_it_was_saved_from(name, make, size, tmp_path, disk_dir):
+    from swapnet_core import minimum_budget
+    from swapnet_core.models import call_model, max_abs_diff
+
+    original = tiny.save_folder(make(), tmp_path / name, seed=4)
+    store = convert(f"transformers:{tmp_path / name}", disk_dir / f"family-{name}",
+                    input_spec=f"random:1x3x{size[0]}x{size[1]}", progress=False, force=True)
+    x = store.make_input()
+    with torch.no_grad():
+        want = original(pixel_values=x)
+        model = open_swapped(store, max(minimum_budget(store), store.total_bytes // 2), example_input=x)
+        try:
+            got = call_model(model, store.call, x)
+        finally:
+            model.close()
+    assert max_abs_diff(got, want) == 0
+
+
 def test_model_folder_with_pickled_weights_only_is_refused(tmp_path):
     folder = tmp_path / "detr"
     model = tiny.model_of(tiny.detr())
