@@ -23,7 +23,8 @@ $(STAMP): requirements.txt requirements-common.txt setup.py
 JAZZY_VENV := .venv-jazzy
 JAZZY_STAMP := $(JAZZY_VENV)/.installed
 ROS_TESTS := test/test_package.py test/test_coordinator.py test/test_ros_image.py test/test_ros_integration.py \
-	test/test_ros_faults.py test/test_ros_fuzz.py test/test_replay_sources.py test/test_launch.py
+	test/test_ros_faults.py test/test_ros_fuzz.py test/test_replay_sources.py test/test_launch.py \
+	test/test_ros_adapters.py
 
 $(JAZZY_STAMP): requirements-jazzy.txt requirements-common.txt setup.py
 	test -x $(JAZZY_VENV)/bin/python || python3 -m venv $(JAZZY_VENV)

@@ -49,7 +49,8 @@ from common import shm_paths  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
 # what each model node publishes; the first topic of each is the one that says "served"
-OUTPUTS = {"detection": ["detections"], "segmentation": ["mask", "mask_color"], "depth": ["depth"]}
+# (Depth Anything predicts relative inverse depth: ~/depth_relative)
+OUTPUTS = {"detection": ["detections"], "segmentation": ["mask", "mask_color"], "depth": ["depth_relative"]}
 PROBE_ID = "probe"
 
 
@@ -125,6 +126,7 @@ class ResidentCoordinator:
         from swapnet_core import BlockStore, load_resident
 
         store = BlockStore(node.get_parameter("model").value)
+        node.bind_store(store)
         self.models[node.get_name()] = (load_resident(store), store.call)
 
     def submit(self, name, x, deadline):

@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a model into an execution-ordered block store")
-    p.add_argument("model", help="torchvision:NAME, transformers:PRESET|CONFIG, or package.module:factory")
+    p.add_argument("model", help="torchvision:NAME, transformers:PRESET|CONFIG|FOLDER, or package.module:factory")
     p.add_argument("--out", required=True, help="store directory to create")
-    p.add_argument("--weights", help="local checkpoint (.safetensors, or a state dict read with weights_only=True)")
+    p.add_argument("--weights", help="local checkpoint (.safetensors, or a state dict read with weights_only=True), "
+                   "or DEFAULT: torchvision's pretrained weights from the torch hub cache (never downloaded)")
     p.add_argument("--input", help="example input: an image file[@HxW] or random:NxCxHxW (default: per model)")
     p.add_argument("--dtype", default="float32", choices=STORE_DTYPES,
                    help="store (and compute) floating-point weights in this dtype (default float32)")
@@ -141,6 +142,7 @@ def _plan(args) -> int:
 
 
 def _convert(args) -> int:
+    from .identity import weights_summary
     from .store import convert
 
     t0 = time.perf_counter()
@@ -151,21 +153,21 @@ def _convert(args) -> int:
                     force=args.force, progress=not args.quiet, dtype=args.dtype, slice_bytes=slicing)
     pinned = sum(u.pinned for u in store.units)
     print(f"{store.path}: {len(store.units)} units ({pinned} pinned), {format_bytes(store.total_bytes)} {store.dtype}, "
-          f"converted in {time.perf_counter() - t0:.1f} s" + ("; random weights" if store.random_weights else ""))
+          f"converted in {time.perf_counter() - t0:.1f} s; {weights_summary(store.manifest.get('weights', {}))}")
     return 0
 
 
 def _run(args) -> int:
     import torch
 
-    from .models import call_model, max_abs_diff
+    from .models import call_model, map_inputs, max_abs_diff
     from .runtime import SwapModel, load_resident
     from .store import BlockStore
 
     if args.repeat < 1:
         raise ValueError("--repeat must be at least 1")
     store = BlockStore(args.store)
-    x = store.make_input(args.input).to(args.device)
+    x = map_inputs(store.make_input(args.input), lambda t: t.to(args.device))
     plan, _profile, _seconds = _make_plan(args, store, x)
     swapped = SwapModel(store, plan, device=args.device, io=args.io, verify=args.verify)
     resident = load_resident(store, args.device) if args.compare_resident else None

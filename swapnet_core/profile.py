@@ -23,7 +23,7 @@ import torch
 
 from .io import BlockReader
 from .memory import ArenaMemory, HostBuffer, Stager
-from .models import call_model
+from .models import call_model, map_inputs
 from .store import BlockStore
 
 log = logging.getLogger("swapnet_core.profile")
@@ -65,10 +65,11 @@ class Profile:
     io: IOProfile
 
 
-def compute_key(device: torch.device | str, x: torch.Tensor) -> str:
+def compute_key(device: torch.device | str, x: torch.Tensor | tuple[torch.Tensor, ...]) -> str:
     device = torch.device(device)
     where = device.type if device.type != "cuda" else f"{device}|{torch.cuda.get_device_name(device)}"
-    return f"{where}|{x.dtype}|{'x'.join(map(str, x.shape))}|threads={torch.get_num_threads()}"
+    shapes = "+".join(f"{t.dtype}|{'x'.join(map(str, t.shape))}" for t in (x if isinstance(x, tuple) else (x,)))
+    return f"{where}|{shapes}|threads={torch.get_num_threads()}"
 
 
 def io_key(io_mode: str, io: str, device: torch.device | str) -> str:
@@ -105,7 +106,7 @@ def profile_compute(store: BlockStore, x: torch.Tensor, device: str = "cpu", run
     handles = [modules[u.name].register_forward_pre_hook(enter(u.index)) for u in store.units if not u.pinned]
     per_run: list[dict[int, float]] = []
     prologues, totals = [], []
-    x = x.to(device)
+    x = map_inputs(x, lambda t: t.to(device))
     try:
         call_model(model, store.call, x)  # warm-up: kernels, allocator, arena pages
         peak = _activation_peak(lambda: call_model(model, store.call, x), device)

@@ -31,7 +31,7 @@ import torch
 
 from .errors import BudgetError, BudgetTooSmallError, SwapNetError
 from .memory import ArenaMemory
-from .models import call_model
+from .models import call_model, map_inputs
 from .compose import plan_for
 from .device import resolve_device
 from .plan import minimum_budget
@@ -521,11 +521,14 @@ def _region_bytes(budget: int) -> int:
     return budget // UNIT_ALIGN * UNIT_ALIGN
 
 
-def _for_model(x: torch.Tensor, store: BlockStore, device: torch.device) -> torch.Tensor:
-    """A frame as the model takes it: on its device, and in the store's dtype (frames arrive as
-    float32 on the CPU; a float16/bfloat16 store computes in its own dtype)."""
-    dtype = store.torch_dtype if x.is_floating_point() else x.dtype
-    return x.to(device=device, dtype=dtype, non_blocking=x.device.type == "cpu" and x.is_pinned())
+def _for_model(x, store: BlockStore, device: torch.device):
+    """A frame (or a model's several inputs) as the model takes it: on its device, and in the store's
+    dtype (frames arrive as float32 on the CPU; a float16/bfloat16 store computes in its own dtype)."""
+    def move(t: torch.Tensor) -> torch.Tensor:
+        dtype = store.torch_dtype if t.is_floating_point() else t.dtype
+        return t.to(device=device, dtype=dtype, non_blocking=t.device.type == "cpu" and t.is_pinned())
+
+    return map_inputs(x, move)
 
 
 class _ReadLog:

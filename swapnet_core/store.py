@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .errors import StoreError, StoreFormatError, StoreMismatchError, StoreNotFoundError, StoreTruncatedError
 from .identity import RANDOM_SEED, weights_record
-from .models import ModelSpec, call_model, load_weights, make_input, resolve
+from .models import ModelSpec, call_model, make_input, map_inputs, resolve
 from .sizes import align_up, format_bytes
 from .skeleton import build_on_meta
 from .slicing import apply_slicing, auto_slice_bytes, exact_bounds, layer_inputs, slice_candidates
@@ -154,7 +154,7 @@ class BlockStore:
     def make_input(self, spec: str | None = None, *, seed: int = 0) -> torch.Tensor:
         """An input for this store's network (its conversion's example by default), in the store's dtype."""
         x = make_input(spec or self.default_input, seed=seed)
-        return x.to(self.torch_dtype) if x.is_floating_point() else x
+        return map_inputs(x, lambda t: t.to(self.torch_dtype) if t.is_floating_point() else t)
 
     def spec(self) -> ModelSpec:
         return resolve(self.ref)
@@ -342,6 +342,8 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
             spec: ModelSpec | None = None, progress_file=None, dtype: str = "float32",
             on_progress=None, slice_bytes: int | str | None = "auto") -> BlockStore:
     """Convert a model into a block store at `out`, atomically (a temporary folder renamed into place).
+    weights: a checkpoint file, "DEFAULT" (torchvision's pretrained weights from the torch hub cache), or
+    None: the reference's own (a save_pretrained folder's safetensors), else random weights.
     dtype: float32, float16 or bfloat16, what floating-point weights are stored (and computed) in.
     slice_bytes: "auto" (1/64 of the weights, at least 1 MiB), a size in bytes, or None/"off": layers
     larger than twice that are cut into output slices where that is bit-identical (slicing.py).
@@ -354,13 +356,14 @@ def convert(ref: str, out: str | os.PathLike, *, weights: str | os.PathLike | No
     if out.exists() and not (out / MANIFEST_NAME).is_file():
         raise StoreError(f"{out} exists and is not a block store; refusing to replace it")
     spec = spec or resolve(ref)
+    weights = spec.weights_for(weights)  # DEFAULT: the cached file; none given: the reference's own, if any
     torch.manual_seed(RANDOM_SEED)  # random weights are reproducible
     model = spec.build()
     if weights is not None:
-        load_weights(model, weights)
+        spec.load(model, weights)
     model.to(_DTYPE_BY_NAME[dtype])  # floating-point parameters and buffers only
     input_spec = input_spec or spec.default_input
-    example = make_input(input_spec).to(_DTYPE_BY_NAME[dtype])
+    example = map_inputs(make_input(input_spec), lambda t: t.to(_DTYPE_BY_NAME[dtype]))
     before = {name: b.detach().clone() for name, b in model.named_buffers()}  # small: stats, anchors
 
     def forward():

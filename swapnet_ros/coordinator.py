@@ -30,7 +30,7 @@ from rclpy.node import Node
 from swapnet_core import BlockStore, SwapNetError, convert
 from swapnet_core.device import DEVICE_CHOICES, describe_device, resolve_device
 from swapnet_core.errors import BudgetError, StoreMismatchError
-from swapnet_core.identity import identity_mismatch
+from swapnet_core.identity import identity_mismatch, weights_summary
 from swapnet_core.scheduler import POLICIES, Scheduler, SchedulerClosed
 from swapnet_core.sizes import format_bytes
 from swapnet_ros.msg import CoordinatorStatus, ModelStatus
@@ -189,6 +189,8 @@ class SwapCoordinator(LifecycleNode):
             for name, node in self.clients_by_name.items():
                 try:
                     store = self._open_store(node)
+                    node.bind_store(store)  # its class names, normalisation and output adapter
+                    self.get_logger().info(f"{name}: {store.ref} with {weights_summary(store.manifest.get('weights', {}))}")
                     sched.add_model(name, store, node.budget_bytes(), example_input=node.example_input())
                 except Exception as e:  # noqa: BLE001 - that model only (a store, a constructor): serve the others
                     self.unavailable[name] = f"{type(e).__name__}: {e}"

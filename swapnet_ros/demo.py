@@ -1,5 +1,7 @@
 """The README's main job: camera_replay -> perception -> viewer on the bundled photos, then a per-model
 table (latency image in -> result out, budget, resident peak, misses) and the annotated images.
+A model whose `weights` are left empty runs torchvision's pretrained weights where the torch hub cache
+holds them (nothing is downloaded), else random ones; the demo says which, per network.
 
   python -m swapnet_ros.demo [--params config/perception.yaml] [--frames 4] [--rate 0.2] [--out out/demo]
 """
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 import swapnet_ros
+from swapnet_core.errors import SwapNetError
+from swapnet_core.pretrained import DEFAULT, describe
 from swapnet_core.sizes import format_bytes
 
 PREFIX = Path(swapnet_ros.__file__).resolve().parents[4]
@@ -57,9 +61,15 @@ def main() -> int:
         procs.append(p)
         return p
 
+    import yaml
+
+    params = yaml.safe_load(Path(args.params).read_text())
+    random_models = choose_weights(params)
+    params_file = out / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
     try:
         print(f"starting perception with {args.params} (first run converts and profiles the models: minutes)")
-        perception = start("perception", "--params-file", args.params)
+        perception = start("perception", "--params-file", str(params_file))
         end = time.monotonic() + args.timeout
         shown = 0
         while time.monotonic() < end:
@@ -116,15 +126,39 @@ def main() -> int:
     print(f"total budget {format_bytes(total)}; annotated frames and contact sheet in {out / 'frames'}")
     print("image->result: camera stamp to result received by the viewer (another process); scheduler: frame "
           "submitted to result ready, swapping included; ROS overhead: the difference")
-    import yaml
-
-    params = yaml.safe_load(Path(args.params).read_text())
-    random_models = [m.name for m in status[-1].models
-                     if not params.get(m.name, {}).get("ros__parameters", {}).get("weights")]
     if random_models:
-        print(f"note: {', '.join(random_models)} run with random weights (no `weights` checkpoint configured): "
+        print(f"note: {', '.join(random_models)} run with random weights (no `weights` configured, no pretrained "
+              f"file in the torch hub cache): "
               f"their outputs are noise; the swapping, scheduling and timing are real")
     return 0
+
+
+def choose_weights(params: dict) -> list[str]:
+    """Sets `weights: DEFAULT` where a model's weights are empty and the torch hub cache holds its
+    pretrained file; prints what each network runs with; returns the models left with random weights."""
+    from swapnet_core.models import resolve
+
+    random_models = []
+    for name in params["swap_coordinator"]["ros__parameters"]["models"]:
+        p = params[name]["ros__parameters"]
+        ref, weights = p.get("model", ""), p.get("weights") or None
+        if Path(ref).is_dir():
+            print(f"  {name}: the weights of the store {ref}")
+            continue
+        if weights is None:
+            try:
+                spec = resolve(ref)
+                if spec.pretrained is not None:
+                    spec.pretrained()  # raises when the file is not in the cache
+                    weights = p["weights"] = DEFAULT
+                else:
+                    weights = spec.bundled_weights or None
+            except SwapNetError:
+                pass
+        if weights is None:
+            random_models.append(name)
+        print(f"  {name}: {ref}: {describe(weights, ref)}")
+    return random_models
 
 
 if __name__ == "__main__":

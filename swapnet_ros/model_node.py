@@ -4,7 +4,10 @@ Subscribes to an image topic with sensor-data QoS, turns each frame into the mod
 to the SwapCoordinator with a deadline, and publishes the result with the input's stamp and frame_id:
   detection    ~/detections   swapnet_ros/Detection2DArray (vision_msgs layout), boxes in input pixels
   segmentation ~/mask         class ids, mono8 (16UC1 beyond 256 classes); ~/mask_color rgb8 if asked
-  depth        ~/depth        32FC1 (REP 118), at the input's resolution
+  depth        ~/depth        32FC1 metres (REP 118), at the input's resolution, when the model predicts metres;
+               ~/depth_relative  32FC1 relative inverse depth (larger is nearer, no unit) otherwise
+The network's raw output becomes these through an output adapter (swapnet_core.adapters), chosen from
+the output itself or named by the `output_adapter` parameter.
 """
 
 from __future__ import annotations
@@ -15,20 +18,23 @@ import time
 import numpy as np
 import torch
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image
 
+from swapnet_core.adapters import ClassScores, Depth, Detections, OutputInfo, choose, named_adapter
+from swapnet_core.models import IMAGENET_NORMALIZE
 from swapnet_core.sizes import format_bytes
 from swapnet_ros.image_codec import ImageError, array_to_tensor, colorize, image_to_array, make_image
 from swapnet_ros.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 from swapnet_ros.params import accept_integers_as_doubles, mib_to_bytes, on_parameters
 
 TASKS = ("detection", "segmentation", "depth")
+DEPTH_KINDS = ("auto", "metric", "relative")
 MB = 1 << 20
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 DEFAULT_MODELS = {"detection": "torchvision:ssdlite320_mobilenet_v3_large",
                   "segmentation": "torchvision:lraspp_mobilenet_v3_large",
                   "depth": "transformers:depth-anything-small"}
@@ -65,6 +71,18 @@ class SwapModelNode(Node):
             floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]))
         self.declare_parameter("publish_color", True, ParameterDescriptor(
             description="segmentation: also publish ~/mask_color (rgb8)"))
+        self.declare_parameter("labels", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
+            description="class names by id, instead of the model's own (config.id2label, torchvision's categories)",
+            **ro))
+        self.declare_parameter("output_adapter", "", ParameterDescriptor(
+            description="package.module:function marked @swapnet_core.output_adapter; empty = chosen from the "
+                        "network's outputs", **ro))
+        self.declare_parameter("depth_kind", "auto", ParameterDescriptor(
+            description="depth: metric (metres, ~/depth), relative (relative inverse depth, ~/depth_relative) or "
+                        "auto (what the model says it predicts)", **ro))
+        kind = self.get_parameter("depth_kind").value
+        if kind not in DEPTH_KINDS:
+            raise ValueError(f"{name}: depth_kind must be one of {DEPTH_KINDS}, got {kind!r}")
         on_parameters(self, self._check_parameters, self._apply_parameters)
         accept_integers_as_doubles(self, ["budget_mb", "deadline_ms", "score_threshold"])
         self.coordinator = coordinator
@@ -86,7 +104,10 @@ class SwapModelNode(Node):
             self._color_pub = self.create_publisher(Image, "~/mask_color", 10)
         else:
             self._pub = self.create_publisher(Image, "~/depth", 10)
-        self._categories = None
+            self._relative_pub = self.create_publisher(Image, "~/depth_relative", 10)
+        # set from the model by bind_store at configure; until then torchvision's conventions
+        self._adapter, self._info, self._labels = None, OutputInfo(), None
+        self._normalize = None if self.task == "detection" else IMAGENET_NORMALIZE
         # rclpy passes the message info (sequence numbers) to two-argument callbacks since Jazzy; Humble
         # calls with the message alone
         on_image = self._on_image if hasattr(Subscription, "CallbackType") else (lambda msg: self._on_image(msg, {}))
@@ -104,6 +125,23 @@ class SwapModelNode(Node):
     def example_input(self) -> torch.Tensor:
         h, w = self.get_parameter("input_size").value
         return self._preprocess(torch.rand(1, 3, h or 240, w or 320))
+
+    def bind_store(self, store) -> None:
+        """The coordinator's call at configure, with this node's store: the model's calling convention,
+        input normalisation, class names and depth kind, and the adapter `output_adapter` names (a bad
+        one is refused here, so the model is left out with the reason instead of failing every frame)."""
+        spec = store.spec()
+        if spec.task in TASKS and spec.task != self.task:
+            raise ValueError(f"{spec.ref} is a {spec.task} network, and this node's task is {self.task}")
+        ref = self.get_parameter("output_adapter").value
+        kind = self.get_parameter("depth_kind").value
+        self._adapter = named_adapter(ref) if ref else None
+        self._info = OutputInfo(spec.num_labels, spec.depth if kind == "auto" else kind)
+        try:
+            self._labels = list(self.get_parameter("labels").value) or spec.labels
+        except ParameterUninitializedException:
+            self._labels = spec.labels
+        self._normalize = spec.normalize
 
     # -- parameters ----------------------------------------------------------------------------
     def _check_parameters(self, params) -> SetParametersResult:
@@ -186,8 +224,9 @@ class SwapModelNode(Node):
             h, w = (max(14, round((h or x.shape[2]) / 14) * 14), max(14, round((w or x.shape[3]) / 14) * 14))
         if h and w and (h, w) != tuple(x.shape[2:]):
             x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        if self.task != "detection":  # torchvision detectors normalise inside
-            x = (x - _MEAN) / _STD
+        if self._normalize is not None:  # None: the model normalises inside (torchvision detectors)
+            mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in self._normalize)
+            x = (x - mean) / std
         return x
 
     def _publish(self, future, header, size, net_size) -> None:
@@ -206,27 +245,29 @@ class SwapModelNode(Node):
 
     def _publish_result(self, out, header, size, net_size) -> None:
         h, w = size
-        if self.task == "detection":
-            self._pub.publish(self._detections(out[0], header, h / net_size[0], w / net_size[1]))
-        elif self.task == "segmentation":
-            logits = out["out"] if isinstance(out, dict) else out
-            ids = class_ids_at(logits, (h, w))
-            ids = ids.astype(np.uint8) if logits.shape[1] <= 256 else ids.astype(np.uint16)
+        result = (self._adapter or choose(out, self.task))(out, net_size, self._info)
+        if self.task == "detection" and isinstance(result, Detections):
+            self._pub.publish(self._detections(result, header, h / net_size[0], w / net_size[1]))
+        elif self.task == "segmentation" and isinstance(result, ClassScores):
+            ids = class_ids_at(result.scores.unsqueeze(0), (h, w))
+            ids = ids if ids.dtype == np.uint8 else ids.astype(np.uint16)
             self._pub.publish(make_image(header, ids, "mono8" if ids.dtype == np.uint8 else "16UC1"))
             if self.get_parameter("publish_color").value:
                 self._color_pub.publish(make_image(header, colorize(ids), "rgb8"))
-        else:
-            depth = out.predicted_depth if hasattr(out, "predicted_depth") else out
-            depth = torch.nn.functional.interpolate(depth.unsqueeze(1).float(), size=(h, w), mode="bilinear",
+        elif self.task == "depth" and isinstance(result, Depth):
+            depth = torch.nn.functional.interpolate(result.values[None, None].float(), size=(h, w), mode="bilinear",
                                                     align_corners=False)[0, 0]
-            self._pub.publish(make_image(header, depth.cpu().numpy().astype(np.float32), "32FC1"))
+            pub = self._pub if result.metric else self._relative_pub
+            pub.publish(make_image(header, depth.cpu().numpy().astype(np.float32), "32FC1"))
+        else:
+            raise TypeError(f"the output adapter gave {type(result).__name__}, not what a {self.task} node publishes")
 
-    def _detections(self, out: dict, header, sy: float, sx: float) -> Detection2DArray:
+    def _detections(self, found: Detections, header, sy: float, sx: float) -> Detection2DArray:
         """Boxes scaled from the network's input back to the frame's pixels."""
         msg = Detection2DArray(header=header)
         threshold = self.get_parameter("score_threshold").value
-        names = self._category_names()
-        for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
+        names = self._labels
+        for box, label, score in zip(found.boxes.tolist(), found.labels.tolist(), found.scores.tolist()):
             if score < threshold:
                 continue
             det = Detection2D(header=header)
@@ -239,16 +280,6 @@ class SwapModelNode(Node):
             det.results.append(hyp)
             msg.detections.append(det)
         return msg
-
-    def _category_names(self):
-        if self._categories is None:
-            self._categories = []
-            try:  # COCO names ship inside torchvision (no download)
-                from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
-                self._categories = list(FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"])
-            except Exception:  # noqa: BLE001 - names are a nicety
-                pass
-        return self._categories
 
 
 def class_ids_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -33,7 +33,7 @@ class Viewer(Node):
         ro = ParameterDescriptor(read_only=True)
         for name, default in (("camera_topic", "/camera/image_raw"), ("detections_topic", "/detection/detections"),
                               ("mask_topic", "/segmentation/mask"), ("depth_topic", "/depth/depth"),
-                              ("out_dir", "out/frames")):
+                              ("depth_relative_topic", "/depth/depth_relative"), ("out_dir", "out/frames")):
             self.declare_parameter(name, default, ro)
         self.declare_parameter("max_frames", 0, ParameterDescriptor(
             description="write the contact sheet and stop after this many frames; 0 = run until stopped",
@@ -49,7 +49,8 @@ class Viewer(Node):
         self.create_subscription(Detection2DArray, self.get_parameter("detections_topic").value,
                                  lambda m: self._add(m, "detections"), 10)
         self.create_subscription(Image, self.get_parameter("mask_topic").value, lambda m: self._add(m, "mask"), 10)
-        self.create_subscription(Image, self.get_parameter("depth_topic").value, lambda m: self._add(m, "depth"), 10)
+        for topic in ("depth_topic", "depth_relative_topic"):  # metric or relative: a depth network publishes one
+            self.create_subscription(Image, self.get_parameter(topic).value, lambda m: self._add(m, "depth"), 10)
 
     def _add(self, msg, kind: str) -> None:
         key = _stamp(msg.header)

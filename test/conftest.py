@@ -147,6 +147,14 @@ def yaml_dump(data) -> str:
     return yaml.safe_dump(data)
 
 
+def collect(node, topics: dict) -> dict[str, list]:
+    """Subscribe `node` to {key: (message type, topic)}; the messages arrive in the returned lists."""
+    results = {key: [] for key in topics}
+    for key, (kind, topic) in topics.items():
+        node.create_subscription(kind, topic, results[key].append, 10)
+    return results
+
+
 def spin_for(node, seconds: float) -> None:
     import rclpy
 

@@ -174,6 +174,30 @@ def test_one_bad_model_does_not_stop_the_others_and_joins_once_fixed(ros, disk_d
         r.close()
 
 
+def test_output_adapter_labels_and_task_are_settled_at_configure(ros, disk_dir):
+    """A node's marked output_adapter and labels are used; an adapter that is not marked, or a network
+    of another task than the node's, leaves that model out with the reason in one line."""
+    import toy_models
+    from std_msgs.msg import Header
+
+    toy = "toy_models:slow?seconds=0"  # a segmentation network
+    r = rig(disk_dir / "adapter_stores", {
+        "mine": {"model": toy, "output_adapter": "toy_models:scores_of_the_first_image", "labels": ["sky", "road"]},
+        "unmarked": {"model": toy, "output_adapter": "toy_models:two_images"},  # a model factory, not an adapter
+        "wrong_task": {"model": toy, "task": "depth"}})
+    try:
+        r.up()
+        node = r.nodes["mine"]
+        assert node._adapter is toy_models.scores_of_the_first_image and node._labels == ["sky", "road"]
+        node._publish_result(r.run("mine", torch.rand(1, 3, 64, 64)), Header(), (64, 64), (64, 64))
+        for name, why in [("unmarked", "not marked as an output adapter"),
+                          ("wrong_task", "is a segmentation network, and this node's task is depth")]:
+            st = r.status(name)
+            assert st.state == "error" and why in st.last_error and "\n" not in st.last_error, st.last_error
+    finally:
+        r.close()
+
+
 def test_a_corrupt_store_is_reported_and_joins_after_repair_and_reconfigure(ros, disk_dir, convert_once):
     """A store folder that fails when its model is built (a corrupt unit read at start) leaves that model
     in error while the other serves; restored and reconfigured (deactivate, cleanup, configure,

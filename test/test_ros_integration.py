@@ -10,7 +10,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import call, spin_for, start_perception, stop_process, wait_for
+from conftest import call, collect, spin_for, start_perception, stop_process, wait_for
 
 TEST_DIR = Path(__file__).resolve().parent
 MB = 1 << 20
@@ -40,11 +40,9 @@ def client(perception):
     c.node = node
     c.proc = perception
     c.pub = node.create_publisher(Image, "/camera/image_raw", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-    c.results = {"detections": [], "mask": [], "mask_color": [], "depth": []}
-    node.create_subscription(Detection2DArray, "/detection/detections", c.results["detections"].append, 10)
-    node.create_subscription(Image, "/segmentation/mask", c.results["mask"].append, 10)
-    node.create_subscription(Image, "/segmentation/mask_color", c.results["mask_color"].append, 10)
-    node.create_subscription(Image, "/depth/depth", c.results["depth"].append, 10)
+    c.results = collect(node, {"detections": (Detection2DArray, "/detection/detections"),
+                               "mask": (Image, "/segmentation/mask"), "mask_color": (Image, "/segmentation/mask_color"),
+                               "depth": (Image, "/depth/depth_relative")})  # Depth Anything: relative
     c.status = []
     node.create_subscription(CoordinatorStatus, "/swap_coordinator/status", c.status.append, 10)
     c.get_state = node.create_client(GetState, "/swap_coordinator/get_state")

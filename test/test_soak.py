@@ -88,12 +88,12 @@ def test_quick_soak_memory_and_handles_stay_flat(quick):
 
 def test_quick_soak_probe_is_bit_identical_and_not_vacuous(quick):
     probe = quick["probe"]
-    assert set(probe["checks"]) == {"detections", "mask", "mask_color", "depth"}
+    assert set(probe["checks"]) == {"detections", "mask", "mask_color", "depth_relative"}
     assert min(probe["checks"].values()) >= 3
     assert sum(probe["mismatches"].values()) == 0, probe
     ref = probe["reference"]
     assert ref["detections"]["boxes"] > 0  # score_threshold 0: every box is compared
-    assert ref["depth"]["encoding"] == "32FC1" and ref["depth"]["distinct_values"] > 100
+    assert ref["depth_relative"]["encoding"] == "32FC1" and ref["depth_relative"]["distinct_values"] > 100
     # random-weight LR-ASPP gives one class everywhere: the mask check is only as strong as that (the
     # logits' exactness is test_zoo_exact's); the depth map and the boxes carry the probe
     assert ref["mask"]["size"] == [96, 128] and ref["mask_color"]["encoding"] == "rgb8"

@@ -6,7 +6,8 @@ Referenced as `toy_models:NAME` (the tests put this folder on the import path).
 import torch
 from torch import nn
 
-from swapnet_core import model_factory
+from swapnet_core import model_factory, output_adapter
+from swapnet_core.adapters import ClassScores
 
 
 class ClassToken(nn.Module):
@@ -233,3 +234,27 @@ class SlowToInit(nn.Module):
 @model_factory(task="segmentation")
 def slow(seconds=5.0):
     return SlowToInit(seconds)
+
+
+class TwoImages(nn.Module):
+    """Takes two image batches (as optical flow and stereo networks do): one encoder for both."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1))
+        self.fuse = nn.Sequential(*[nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()) for _ in range(4)])
+        self.head = nn.Conv2d(32, 2, 1)
+
+    def forward(self, image1, image2):
+        return self.head(self.fuse(torch.cat([self.encoder(image1), self.encoder(image2)], 1)))
+
+
+@model_factory(example_input="random:1x3x32x32,random:1x3x32x32")
+def two_images():
+    return TwoImages()
+
+
+@output_adapter
+def scores_of_the_first_image(output, input_size, info):
+    """A user's own adapter: the network's raw (N, C, H, W) output as class scores."""
+    return ClassScores(output[0])
