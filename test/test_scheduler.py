@@ -21,9 +21,9 @@ def stores(convert_once):
             "c": convert_once("torchvision:squeezenet1_1", X)}
 
 
-def make_scheduler(stores, policy="edf", preemption=False, share=3, extra=0):
+def make_scheduler(stores, policy="edf", preemption=False, share=3, extra=0, arena="shared"):
     budgets = {n: max(s.total_bytes // share, minimum_budget(s)) for n, s in stores.items()}
-    sched = Scheduler(sum(budgets.values()) + extra, policy=policy, preemption=preemption)
+    sched = Scheduler(sum(budgets.values()) + extra, policy=policy, preemption=preemption, arena=arena)
     for n, s in stores.items():
         sched.add_model(n, s, budgets[n], example_input=make_input(X))
     return sched, budgets
@@ -48,19 +48,82 @@ def test_policies_order_pending_jobs(stores, policy, expected):
     assert [r.model for r in sched.records] == expected
 
 
-def test_outputs_are_exact_and_memory_stays_within_the_total(stores):
-    sched, budgets = make_scheduler(stores)
+def resident_output(store, seed):
+    with torch.no_grad():
+        return call_model(load_resident(store), store.call, make_input(X, seed=seed))
+
+
+def shared_need(sched):
+    """What a shared arena admits the current plans at: the kept parts and the largest stream."""
+    m = sched.metrics()["models"].values()
+    return sum(v["kept_bytes"] for v in m) + max(v["arena_bytes"] - v["kept_bytes"] for v in m)
+
+
+def read_ahead(sched) -> int:
+    """How many jobs found their first block read (or being read) before the job before them ended."""
+    records, count = list(sched.records), 0
+    for before, job in zip(records, records[1:]):
+        first = sched._models[job.model].swap.plan.swapped_sequence[0]
+        count += any(m == job.model and b == first and before.started < start < before.finished
+                     for m, b, start, _end in sched.reads)
+    return count
+
+
+@pytest.mark.parametrize("arena", ["shared", "partitioned"])
+def test_outputs_are_exact_and_memory_stays_within_the_total(stores, arena):
+    sched, budgets = make_scheduler(stores, arena=arena)
     sched.start()
     try:
         for _ in range(3):
             for n, s in stores.items():
                 got = sched.submit(n, make_input(X, seed=5)).result(timeout=60)
-                with torch.no_grad():
-                    assert torch.equal(got, call_model(load_resident(s), s.call, make_input(X, seed=5)))
-        assert max(b for _, b in sched.occupancy) <= sched.total_budget
+                assert torch.equal(got, resident_output(s, 5))
+        futures = {n: sched.submit(n, make_input(X, seed=6)) for n in NAMES}  # queued: read ahead across jobs
+        for n, f in futures.items():
+            assert torch.equal(f.result(timeout=60), resident_output(stores[n], 6))
+        assert read_ahead(sched), "no job's first block was read while the job before it ran"
+        assert max(b for _, b in sched.occupancy) <= sched.arena_bytes <= sched.total_budget
         assert sum(s.total_bytes for s in stores.values()) > 2.5 * sched.total_budget
-        m = sched.metrics()["models"]
-        assert all(m[n]["jobs_done"] == 3 and m[n]["p99_ms"] > 0 for n in NAMES)
+        m = sched.metrics()
+        assert all(m["models"][n]["jobs_done"] == 4 and m["models"][n]["p99_ms"] > 0 for n in NAMES)
+        if arena == "shared":  # one window instead of one swap region per model
+            kept = sum(v["kept_bytes"] for v in m["models"].values())
+            assert m["window_bytes"] >= max(v["arena_bytes"] - v["kept_bytes"] for v in m["models"].values())
+            assert sched.arena_bytes == kept + m["window_bytes"] < sum(budgets.values())
+    finally:
+        sched.shutdown()
+
+
+def test_a_shared_window_admits_budgets_that_add_up_to_more_than_the_total(stores):
+    """Each model may hold its whole budget while it runs, but only its kept part between jobs: budgets
+    adding up to more than the total fit, where the partitioned layout refuses them."""
+    budgets = {n: max(s.total_bytes // 2, minimum_budget(s)) for n, s in stores.items()}
+    probe = Scheduler(sum(budgets.values()))
+    for n, s in stores.items():
+        probe.add_model(n, s, budgets[n], example_input=make_input(X))
+    probe.start()
+    need = max(shared_need(probe), *budgets.values())  # no budget may exceed the total either
+    probe.shutdown()
+    assert need < sum(budgets.values())
+    with pytest.raises(BudgetError, match="over the total"):
+        tight = Scheduler(need - 4096)
+        for n, s in stores.items():
+            tight.add_model(n, s, budgets[n], example_input=make_input(X))
+        tight.start()
+    with pytest.raises(BudgetError, match="over the total"):
+        parted = Scheduler(need, arena="partitioned")
+        for n, s in stores.items():
+            parted.add_model(n, s, budgets[n], example_input=make_input(X))
+    sched = Scheduler(need)
+    for n, s in stores.items():
+        sched.add_model(n, s, budgets[n], example_input=make_input(X))
+    sched.start()
+    try:
+        for k in range(2):
+            futures = {n: sched.submit(n, make_input(X, seed=k)) for n in NAMES}  # prefetch across jobs
+            for n, f in futures.items():
+                assert torch.equal(f.result(timeout=60), resident_output(stores[n], k))
+        assert max(b for _, b in sched.occupancy) <= sched.arena_bytes <= need
     finally:
         sched.shutdown()
 
@@ -111,14 +174,46 @@ def test_budget_retune_is_applied_at_a_job_boundary_or_refused_with_a_reason(sto
             sched.set_budgets(budgets={"a": minimum_budget(stores["a"]) - 4096})
         with pytest.raises(BudgetError, match="over the total"):
             sched.set_budgets(budgets={"a": budgets["a"] + (64 << 20)})
+        need = shared_need(sched)
         with pytest.raises(BudgetError, match="over the total"):
-            sched.set_budgets(total=sum(budgets.values()) - (1 << 20))
+            sched.set_budgets(total=need - 4096)
         assert sched.metrics()["models"]["a"] == before  # refused: nothing changed
         bigger = budgets["a"] + (8 << 20)
         sched.set_budgets(budgets={"a": bigger}).result(timeout=60)
         after = sched.metrics()["models"]["a"]
         assert after["budget_bytes"] == bigger and after["arena_bytes"] <= bigger
         assert sched.submit("a", make_input(X)).result(timeout=60) is not None  # still serving
+    finally:
+        sched.shutdown()
+
+
+def test_a_retune_replans_only_the_model_that_changed(stores):
+    """Three models streaming; one budget changes: that model is re-planned at a job boundary, the others
+    keep their runtime (no re-plan, no re-read of what they keep) and stay exact, and the retune waits for
+    at most the job in flight."""
+    sched, budgets = make_scheduler(stores, extra=8 << 20)
+    sched.start()
+    try:
+        for n in NAMES:
+            assert sched._models[n].swap.plan.swapped_sequence, f"{n} does not stream"
+        kept = {n: sched._models[n].swap for n in ("b", "c")}
+        futures = [sched.submit(n, make_input(X, seed=3)) for n in NAMES]
+        done = sched.set_budgets(budgets={"a": budgets["a"] + (4 << 20)})
+        applied = len(sched.records)
+        done.result(timeout=60)
+        for f in futures:
+            f.result(timeout=60)
+        ran_old = [r for r in sched.records if r.model == "a" and r.budget == budgets["a"]]
+        assert len(ran_old) <= 1 and len(sched.records) - applied <= 3
+        assert sched.metrics()["models"]["a"]["budget_bytes"] == budgets["a"] + (4 << 20)
+        for k in range(2):
+            for n in NAMES:
+                assert torch.equal(sched.submit(n, make_input(X, seed=k)).result(timeout=60), resident_output(stores[n], k))
+        for n, swap in kept.items():
+            assert sched._models[n].swap is swap, f"{n} was rebuilt"
+            assert swap.stats.bytes_read == sum(b.nbytes for b in swap.plan.blocks if not b.resident) \
+                * swap.stats.calls + swap.plan.pinned_bytes + swap.plan.resident_bytes, f"{n} re-read its kept part"
+        assert max(b for _, b in sched.occupancy) <= sched.arena_bytes <= sched.total_budget
     finally:
         sched.shutdown()
 
@@ -159,7 +254,8 @@ def test_preemption_runs_an_urgent_job_between_blocks(stores):
         urgent = sched.submit("b", make_input(X), deadline=now + 1)
         gate.set()
         urgent.result(timeout=60)
-        long_job.result(timeout=60)
+        # the paused job gave the shared window up and read its next block again
+        assert torch.equal(long_job.result(timeout=60), resident_output(stores["a"], 0))
     finally:
         sched.shutdown()
     b, a = [r for r in sched.records if r.model == "b"][0], [r for r in sched.records if r.model == "a"][0]
