@@ -2,8 +2,11 @@
 
 One worker thread runs one job at a time (one compute stream). Each model keeps only its latest
 pending frame: a newer one replaces it, and the older future is cancelled and counted as a drop, so
-no queue grows. Policies: "edf" (earliest deadline first), "fifo" (earliest submitted) and "rr"
-(round robin over models), the last two as baselines. While a job enters its last block, the first
+no queue grows. A frame that can no longer meet its deadline (now + its model's expected job time,
+measured, is past it) is dropped before it runs; drops are counted by reason. Policies: "edf"
+(earliest deadline first; equal deadlines, as one camera feeding several models gives, go to the
+model served least recently), "fifo" (earliest submitted) and "rr" (round robin over models), the
+last two as baselines. While a job enters its last block, the first
 block of the job the policy would run next is read into that model's own part of the arena. With
 preemption on, a job whose deadline comes first may run between two blocks of a running job (the
 paused job keeps its activations). Budgets can be retuned at run time: validated at once, refused
@@ -47,6 +50,10 @@ class SchedulerClosed(SwapNetError, RuntimeError):
     """submit() after shutdown(), or after drain() until resume()."""
 
 
+DROP_REASONS = ("replaced", "late", "drained")  # a newer frame came; it could no longer meet its deadline; intake closed
+EWMA = 0.2  # weight of the latest job in a model's expected job time
+
+
 @dataclass
 class _Job:
     model: str
@@ -55,6 +62,7 @@ class _Job:
     submitted: float
     seq: int
     future: Future = field(default_factory=Future)
+    has_deadline: bool = True  # False: ordered as due now, never missed nor dropped as late
 
 
 @dataclass
@@ -76,10 +84,18 @@ class ModelMetrics:
 
     def __init__(self, window: int):
         self.latencies: deque[float] = deque(maxlen=window)
-        self.jobs_done = self.deadline_misses = self.drops = self.errors = 0
+        self.jobs_done = self.deadline_misses = self.errors = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.bytes_swapped = 0
+        self.job_seconds: float | None = None  # expected job time (start to end), from the jobs that ran
+        self.served = 0  # when it was last served, in jobs taken by the scheduler
+        self.dropped_late_last = False  # its latest frame was dropped as late (the next one runs)
         self.last_error = ""
         self.failing = False  # the latest job failed: the model needs attention until one succeeds
+
+    @property
+    def drops(self) -> int:
+        return sum(self.dropped.values())
 
     def summary(self) -> dict:
         lat = sorted(self.latencies)
@@ -88,6 +104,7 @@ class ModelMetrics:
             return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] * 1000 if lat else None
 
         return {"jobs_done": self.jobs_done, "deadline_misses": self.deadline_misses, "drops": self.drops,
+                "drops_by_reason": dict(self.dropped),
                 "errors": self.errors, "bytes_swapped": self.bytes_swapped, "last_error": self.last_error,
                 "failing": self.failing,
                 "miss_rate": self.deadline_misses / self.jobs_done if self.jobs_done else 0.0,
@@ -131,6 +148,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._rr = 0
+        self._served = 0  # jobs taken so far: when each model was last served
         self._running: list[_Job] = []  # the running job, and any job preempting it
         self._retune: tuple[int, dict[str, int], list[Future]] | None = None
         self._target: tuple[int, dict[str, int]] | None = None  # the budgets last accepted
@@ -188,12 +206,14 @@ class Scheduler:
 
     # -- jobs ------------------------------------------------------------------------------------
     def submit(self, name: str, x: torch.Tensor, deadline: float | None = None) -> Future:
-        """Queue a frame for `name`; replaces (and cancels) its pending frame, keeping that frame's deadline
-        and place in line if earlier. deadline: monotonic seconds."""
+        """Queue a frame for `name`; replaces (and cancels) its pending frame, keeping that frame's place in
+        line. deadline: monotonic seconds; None (a stream's first frame, before its period is known):
+        due now, never counted as missed."""
         if name not in self._models:
             raise KeyError(f"unknown model {name!r}")
         now = time.monotonic()
-        job = _Job(name, x, deadline if deadline is not None else now + 1e9, now, next(self._seq))
+        job = _Job(name, x, deadline if deadline is not None else now, now, next(self._seq),
+                   has_deadline=deadline is not None)
         with self._cond:
             if self._stopping:
                 raise SchedulerClosed("the scheduler is shut down")
@@ -201,11 +221,11 @@ class Scheduler:
                 raise SchedulerClosed("the scheduler is drained: not taking jobs until resume()")
             old = self._pending.pop(name, None)
             if old is not None and old.future.cancel():
-                self._models[name].metrics.drops += 1
-                # the stream keeps its place: a frame replacing an unserved one inherits its deadline and
-                # arrival order, or under overload a stream whose frames tie with another's (one camera,
-                # several models) but arrive second would be replaced for ever and never run
-                job.deadline, job.seq = min(job.deadline, old.deadline), old.seq
+                self._models[name].metrics.dropped["replaced"] += 1
+                # the stream keeps its place in line (fifo), or under overload a stream whose frames arrive
+                # second would be replaced for ever and never run; the deadline stays the frame's own: an
+                # inherited, already passed one put a late stream ahead of streams still on time (edf)
+                job.seq = old.seq
             self._pending[name] = job
             self._cond.notify()
         return job.future
@@ -279,7 +299,7 @@ class Scheduler:
             self._accepting = False
             for name, job in list(self._pending.items()):
                 if job.future.cancel():
-                    self._models[name].metrics.drops += 1
+                    self._models[name].metrics.dropped["drained"] += 1
             self._pending.clear()
             return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
 
@@ -445,12 +465,28 @@ class Scheduler:
             self._arena.close()
             self._arena = None
 
+    def _drop_late(self) -> None:
+        """Drop the pending frames that can no longer meet their deadline (called under _cond)."""
+        now = time.monotonic()
+        for name, job in list(self._pending.items()):
+            metrics = self._models[name].metrics
+            expected = metrics.job_seconds
+            # only a frame that could meet its deadline when it came and waited too long (a model slower
+            # than its deadline still runs, counted as missed), and never two in a row of one stream: a
+            # stream whose frames always wait behind longer jobs would otherwise never be served
+            if (job.has_deadline and expected is not None and not metrics.dropped_late_last
+                    and job.submitted + expected <= job.deadline < now + expected and job.future.cancel()):
+                del self._pending[name]
+                metrics.dropped["late"] += 1
+                metrics.dropped_late_last = True
+
     def _pick(self, exclude: set[str] = frozenset()) -> _Job | None:
+        self._drop_late()
         jobs = [j for n, j in self._pending.items() if n not in exclude]
         if not jobs:
             return None
-        if self.policy == "edf":
-            return min(jobs, key=lambda j: (j.deadline, j.seq))
+        if self.policy == "edf":  # equal deadlines: the model served least recently first
+            return min(jobs, key=lambda j: (j.deadline, self._models[j.model].metrics.served, j.seq))
         if self.policy == "fifo":
             return min(jobs, key=lambda j: j.seq)
         names = list(self._models)
@@ -502,6 +538,9 @@ class Scheduler:
     def _take(self, job: _Job | None) -> _Job | None:
         if job is not None:
             del self._pending[job.model]
+            self._served += 1
+            self._models[job.model].metrics.served = self._served
+            self._models[job.model].metrics.dropped_late_last = False
             if self.policy == "rr":
                 self._rr = (list(self._models).index(job.model) + 1) % len(self._models)
         return job
@@ -576,7 +615,9 @@ class Scheduler:
             m.metrics.failing = False
             m.metrics.jobs_done += 1
             m.metrics.latencies.append(finished - job.submitted)
-            if finished > job.deadline:
+            took, known = finished - started, m.metrics.job_seconds
+            m.metrics.job_seconds = took if known is None else (1 - EWMA) * known + EWMA * took
+            if job.has_deadline and finished > job.deadline:
                 m.metrics.deadline_misses += 1
             job.future.set_result(out)
 

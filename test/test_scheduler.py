@@ -165,6 +165,73 @@ def test_no_stream_starves_when_one_camera_feeds_several_models_faster_than_they
     assert min(done.values()) >= 0.3 * max(done.values()), done
 
 
+def hold_at_first_boundary(sched, name):
+    """Make `name`'s next job wait at its first block boundary until the returned gate is set."""
+    gate, entered = threading.Event(), threading.Event()
+    swap = sched._models[name].swap
+    original = swap.on_block_boundary
+
+    def boundary(block):
+        if not entered.is_set():
+            entered.set()
+            gate.wait(30)
+        original(block)
+
+    swap.on_block_boundary = boundary
+    return gate, entered
+
+
+def test_equal_deadlines_go_to_the_model_served_least_recently(stores):
+    """One camera feeding several models gives their frames one deadline: the tie goes to the model
+    served least recently, not to the one whose frame was queued first (which under overload is
+    always the same model, the first subscriber)."""
+    sched, _ = make_scheduler(stores)
+    sched.start()
+    try:
+        for n in ("a", "b"):  # served: "a", then "b"
+            sched.submit(n, make_input(X)).result(timeout=60)
+        gate, entered = hold_at_first_boundary(sched, "c")
+        running = sched.submit("c", make_input(X))
+        assert entered.wait(60)
+        deadline = time.monotonic() + 100
+        queued = [sched.submit(n, make_input(X), deadline=deadline) for n in ("b", "a")]  # "b" first in line
+        gate.set()
+        for f in [running, *queued]:
+            f.result(timeout=60)
+    finally:
+        sched.shutdown()
+    assert [r.model for r in sched.records][-2:] == ["a", "b"]
+
+
+def test_a_frame_that_can_no_longer_meet_its_deadline_is_dropped_before_it_runs(stores):
+    """A frame that could meet its deadline when it came but waited until now + its model's expected job
+    time is past it is dropped, counted as late; a frame of a model slower than its deadline still runs
+    (counted as missed), or that model would never be served."""
+    sched, _ = make_scheduler(stores)
+    sched.start()
+    try:
+        for n in ("b", "c"):  # their expected job times are now measured
+            sched.submit(n, make_input(X)).result(timeout=60)
+        expected = {n: sched._models[n].metrics.job_seconds for n in ("b", "c")}
+        gate, entered = hold_at_first_boundary(sched, "a")
+        running = sched.submit("a", make_input(X))
+        assert entered.wait(60)
+        now = time.monotonic()
+        late = sched.submit("b", make_input(X), deadline=now + 2 * expected["b"])  # feasible when it came
+        slow = sched.submit("c", make_input(X), deadline=now + expected["c"] / 2)  # never feasible
+        while time.monotonic() <= now + expected["b"]:  # until b's frame can no longer make it
+            time.sleep(0.005)
+        gate.set()
+        running.result(timeout=60)
+        assert slow.result(timeout=60) is not None
+        assert late.cancelled()
+        m = sched.metrics()["models"]
+        assert m["b"]["drops_by_reason"] == {"replaced": 0, "late": 1, "drained": 0} and m["b"]["jobs_done"] == 1
+        assert m["c"]["drops"] == 0 and m["c"]["deadline_misses"] == 1
+    finally:
+        sched.shutdown()
+
+
 def test_budget_retune_is_applied_at_a_job_boundary_or_refused_with_a_reason(stores):
     sched, budgets = make_scheduler(stores, extra=8 << 20)
     sched.start()
