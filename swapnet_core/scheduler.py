@@ -609,7 +609,8 @@ class Scheduler:
                 m.swap.stats.peak_resident_weight_bytes = max(peak_before, job_peak)
             finished = time.monotonic()
             self.occupancy.append((finished, self.resident_bytes()))
-            self.records.append(JobRecord(job.model, job.submitted, started, finished, job.deadline, ok, preempting,
+            self.records.append(JobRecord(job.model, job.submitted, started, finished,
+                                          job.deadline if job.has_deadline else float("inf"), ok, preempting,
                                           m.budget, job_peak, self._epoch))
         if ok:
             m.metrics.failing = False

@@ -138,6 +138,8 @@ def test_a_stream_keeps_only_its_latest_frame(stores):
     assert all(f.cancelled() for f in old)
     m = sched.metrics()["models"]["a"]
     assert m["drops"] == 3 and m["jobs_done"] == 1
+    assert m["drops_by_reason"]["replaced"] == 3
+    assert m["deadline_misses"] == 0 and sched.records[-1].deadline == float("inf")  # no deadline: none to miss
 
 
 @pytest.mark.parametrize("policy", ["edf", "fifo"])
