@@ -6,10 +6,12 @@ no queue grows. A frame that can no longer meet its deadline (now + its model's 
 measured, is past it) is dropped before it runs; drops are counted by reason. Policies: "edf"
 (earliest deadline first; equal deadlines, as one camera feeding several models gives, go to the
 model served least recently), "fifo" (earliest submitted) and "rr" (round robin over models), the
-last two as baselines. While a job enters its last block, the first
-block of the job the policy would run next is read into that model's own part of the arena. With
+last two as baselines. The arena (swapnet_core.sharing) is "shared" by default: each model keeps
+only what it holds between jobs, and one streaming window serves whichever job runs; "partitioned"
+gives each model its budget with its own swap region. Once a job's last block is resident, the first
+block of the job the policy would run next is read (shared: into the free end of the window). With
 preemption on, a job whose deadline comes first may run between two blocks of a running job (the
-paused job keeps its activations). Budgets can be retuned at run time: validated at once, refused
+paused job keeps its activations; shared, it gives the window up and reads its next block again). Budgets can be retuned at run time: validated at once, refused
 with the reason, applied at the next job boundary (retunes made meanwhile are applied together, and
 a pending job runs between two retunes, so fast toggling neither loses a value nor starves a stream).
 A job that fails (a store truncated or corrupted under it) is counted against its model only, which
@@ -288,7 +290,8 @@ class Scheduler:
             window = getattr(self._arena, "window", None)
             return {"policy": self.policy, "preemption": self.preemption, "total_budget_bytes": self.total_budget,
                     "arena": self.arena, "arena_bytes": self.arena_bytes,
-                    "window_bytes": window.nbytes if window is not None else 0, "worker_alive": worker is not None and worker.is_alive(),
+                    "window_bytes": window.nbytes if window is not None else 0,
+                    "worker_alive": worker is not None and worker.is_alive(),
                     "worker_errors": self.worker_errors, "last_worker_error": self.last_worker_error,
                     "models": {n: one(m) for n, m in self._models.items()}}
 
@@ -391,10 +394,8 @@ class Scheduler:
         for name, m in self._models.items():
             m.budget = budgets[name]
         self.total_budget = total
-        if self.arena == "partitioned":
-            self._arena = PartitionedArena(self.device, budgets)
-            return self._build_models(self._models.values())
-        self._arena = SharedArena(self.device, self.io)
+        self._arena = (PartitionedArena(self.device, budgets) if self.arena == "partitioned"
+                       else SharedArena(self.device, self.io))
         return self._build_models(self._models.values())
 
     def _build_models(self, models) -> dict[str, Exception]:
