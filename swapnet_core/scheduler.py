@@ -54,6 +54,7 @@ class SchedulerClosed(SwapNetError, RuntimeError):
 
 DROP_REASONS = ("replaced", "late", "drained")  # a newer frame came; it could no longer meet its deadline; intake closed
 EWMA = 0.2  # weight of the latest job in a model's expected job time
+PLANS_KEPT = 64  # plans remembered, by (model, budget, store); a forgotten one is made again
 
 
 @dataclass
@@ -366,6 +367,10 @@ class Scheduler:
     def _plan(self, m: _Model, budget: int) -> Plan:
         key = (m.name, budget, m.store.store_id)
         if key not in self._plans:
+            if len(self._plans) >= PLANS_KEPT:  # budgets retuned for days: forget the oldest proposals
+                in_use = {(n, x.budget, x.store.store_id) for n, x in self._models.items()}
+                for old in [k for k in self._plans if k not in in_use][:len(self._plans) - PLANS_KEPT + 1]:
+                    del self._plans[old]
             self._plans[key], _profile = plan_for(m.store, budget, m.plan_kind, example_input=m.example,
                                                   device=self.device, io=self.io, prefetch=m.prefetch)
         return self._plans[key]

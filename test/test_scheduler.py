@@ -8,7 +8,7 @@ import torch
 
 from swapnet_core import BudgetError, BudgetTooSmallError, load_resident, minimum_budget
 from swapnet_core.models import call_model, make_input
-from swapnet_core.scheduler import Scheduler, SchedulerClosed
+from swapnet_core.scheduler import PLANS_KEPT, Scheduler, SchedulerClosed
 
 X = "random:1x3x64x64"
 NAMES = ("a", "b", "c")
@@ -247,6 +247,11 @@ def test_budget_retune_is_applied_at_a_job_boundary_or_refused_with_a_reason(sto
         with pytest.raises(BudgetError, match="over the total"):
             sched.set_budgets(total=need - 4096)
         assert sched.metrics()["models"]["a"] == before  # refused: nothing changed
+        for k in range(PLANS_KEPT + 6):  # many proposals: old plans are forgotten, never those in use
+            sched.check_budgets(budgets={"c": budgets["c"] + 4096 * k})
+        assert len(sched._plans) <= PLANS_KEPT
+        with pytest.raises(BudgetError, match="over the total"):
+            sched.set_budgets(total=need - 4096)
         bigger = budgets["a"] + (8 << 20)
         sched.set_budgets(budgets={"a": bigger}).result(timeout=60)
         after = sched.metrics()["models"]["a"]
