@@ -272,8 +272,8 @@ class SwapModel:
         self._finish()
 
     def use_window(self, window: SwapWindow) -> None:
-        """Stream into `window` from the next call on (a scheduler moves a model between its window
-        and the preemption window; they hold nothing of it between calls)."""
+        """Stream into `window` from the next call on (a scheduler moves its models to a resized
+        window between jobs; whatever this model holds in the old one is dropped first)."""
         self._check_window(window)
         with self._lock:
             if window is not self._window:

@@ -66,6 +66,7 @@ class _Job:
     seq: int
     future: Future = field(default_factory=Future)
     has_deadline: bool = True  # False: ordered as due now, never missed nor dropped as late
+    paused: float = 0.0  # seconds preempting jobs ran inside this one (not its own work)
 
 
 @dataclass
@@ -622,7 +623,7 @@ class Scheduler:
             m.metrics.failing = False
             m.metrics.jobs_done += 1
             m.metrics.latencies.append(finished - job.submitted)
-            took, known = finished - started, m.metrics.job_seconds
+            took, known = finished - started - job.paused, m.metrics.job_seconds
             m.metrics.job_seconds = took if known is None else (1 - EWMA) * known + EWMA * took
             if job.has_deadline and finished > job.deadline:
                 m.metrics.deadline_misses += 1
@@ -646,7 +647,9 @@ class Scheduler:
                 self._take(urgent)
             if shared:
                 swap.give_way()  # the urgent job streams through the window; our next block is read again
+            paused = time.monotonic()
             self._execute(urgent, preempting=running.model)
+            running.paused += time.monotonic() - paused
 
         return on_boundary
 

@@ -334,6 +334,8 @@ def test_preemption_runs_an_urgent_job_between_blocks(stores):
         sched.shutdown()
     b, a = [r for r in sched.records if r.model == "b"][0], [r for r in sched.records if r.model == "a"][0]
     assert b.preempted_by == "a" and a.started < b.started and b.finished < a.finished
+    # the urgent job's time is not the long job's: its expected job time leaves it out
+    assert sched._models["a"].metrics.job_seconds <= (a.finished - a.started) - (b.finished - b.started)
 
 
 def test_shutdown_with_jobs_in_flight_leaves_nothing_behind(stores):
