@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
 """Three networks (detector, segmenter, depth) whose weights are >= 3x the total budget, fed at fixed
-rates with relative deadlines equal to their periods, under each scheduling policy; then EDF at 3x
-overload, and EDF with preemption. Real models, real swapping. Prints a table, writes
-bench/results/multi_dnn.json and a timeline picture bench/results/multi_dnn_timeline.png.
+rates with relative deadlines equal to their periods, under each scheduling policy; then EDF with
+preemption, and EDF and FIFO at 3x overload. Each run twice: the models sharing one streaming window
+(arena="shared") and each in its fixed part with its own swap region (arena="partitioned", the
+earlier layout); and in two settings: "compute" (the inputs below) and "io" (small inputs: compute
+shrinks, reads dominate; the detector resizes every input to its own size, so it stays compute-bound).
+Real models, real swapping. Prints a table, writes bench/results/multi_dnn.json (--quick:
+multi_dnn_quick.json) and a timeline picture.
 
-How the load is chosen: each model's swapped latency L at its budget share is measured alone; the
-periods are T = n * L / U for n models at a total utilisation U (default 0.6), which one worker can
-serve. Overload divides the periods by 3.
+How the load is chosen: each model's swapped latency L at its partitioned budget share is measured
+alone; the periods are T = n * L / U for n models at a total utilisation U (default 0.6), which one
+worker can serve; the same periods feed both layouts. Overload is one camera feeding all three models
+(one frame, one deadline for all) at 3x that work: period sum(L) / (3 U), each frame due sum(L) / U
+after it was taken (what the nominal rate gives it). Budgets: partitioned, shares of the total
+proportional to the weights; shared, those shares scaled up by the largest common factor the shared
+admission takes under the same total (kept parts + one window <= total).
 
   .venv/bin/python bench/multi_dnn.py [--quick] [--seconds S] [--utilisation U]
 """
@@ -25,7 +33,7 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from swapnet_core import minimum_budget
+from swapnet_core import BudgetError, minimum_budget
 from swapnet_core.models import make_input
 from swapnet_core.scheduler import Scheduler
 from swapnet_core.sizes import align_up, format_bytes
@@ -43,13 +51,22 @@ QUICK = {
     "segmentation": ("torchvision:lraspp_mobilenet_v3_large", "random:1x3x240x320"),
     "depth": ("transformers:depth-anything-small", "random:1x3x140x182"),
 }
+SMALL_INPUTS = {  # the "io" setting: inputs that shrink compute (the stores are the same)
+    "detection": "random:1x3x320x320",
+    "segmentation": "random:1x3x64x80",
+    "depth": "random:1x3x56x70",
+}
+SETTINGS = ("compute", "io")
+ARENAS = ("shared", "partitioned")
+RUNS = [("edf", False, 1.0), ("fifo", False, 1.0), ("rr", False, 1.0), ("edf", True, 1.0),
+        ("edf", False, 3.0), ("fifo", False, 3.0)]  # (policy, preemption, load); load > 1: one camera
 OVERSUBSCRIPTION = 3.2  # total weights / total budget
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller models and inputs, short runs, same table")
-    ap.add_argument("--seconds", type=float, help="length of each run (default 150, quick 20)")
+    ap.add_argument("--seconds", type=float, help="length of each run (default 150, quick 8)")
     ap.add_argument("--utilisation", type=float, default=0.6)
     ap.add_argument("--stores", default="stores/bench")
     ap.add_argument("--out", help="default bench/results/multi_dnn.json (multi_dnn_quick.json with --quick: the quick\n"
@@ -57,47 +74,59 @@ def main() -> int:
     args = ap.parse_args()
     args.out = args.out or f"bench/results/multi_dnn{'_quick' if args.quick else ''}.json"
     models = QUICK if args.quick else FULL
-    seconds = args.seconds or (20 if args.quick else 150)
+    seconds = args.seconds or (8 if args.quick else 150)
 
-    stores, inputs = {}, {}
+    stores = {}
     for name, (ref, spec) in models.items():
         stores[name] = open_or_convert(ref.replace(":", "_").replace("?", "_").replace("&", "_"), ref, spec, args.stores)
-        inputs[name] = make_input(spec, seed=1)
+    inputs = {"compute": {n: make_input(spec, seed=1) for n, (_ref, spec) in models.items()},
+              "io": {n: make_input(SMALL_INPUTS[n], seed=1) for n in models}}
     total_weights = sum(s.total_bytes for s in stores.values())
     total = int(total_weights / OVERSUBSCRIPTION)
-    budgets = share_budget(stores, total)
+    parted = share_budget(stores, total)
     print(f"weights {format_bytes(total_weights)} over a total budget of {format_bytes(total)} "
-          f"({total_weights / total:.2f}x): " + ", ".join(f"{n} {format_bytes(b)}" for n, b in budgets.items()))
+          f"({total_weights / total:.2f}x): partitioned " + ", ".join(f"{n} {format_bytes(b)}" for n, b in parted.items()))
 
-    latency = calibrate(stores, inputs, budgets, total)
+    results, setup, timeline = [], {}, None
     n = len(stores)
-    periods = {name: n * latency[name] / args.utilisation for name in stores}
-    print("alone, swapped: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items())
-          + f"; periods at utilisation {args.utilisation}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in periods.items()))
-
-    runs = [("edf", False, 1.0), ("fifo", False, 1.0), ("rr", False, 1.0), ("edf", True, 1.0),
-            ("edf", False, 3.0), ("fifo", False, 3.0)]
-    results = []
-    timeline = None
-    for policy, preemption, load in tqdm(runs, desc="runs", file=sys.stderr):
-        run = feed(stores, inputs, budgets, total, policy, preemption,
-                   {k: v / load for k, v in periods.items()}, seconds)
-        run.update({"policy": policy, "preemption": preemption, "load": load})
-        results.append(run)
-        if policy == "edf" and not preemption and load == 1.0:
-            timeline = run.pop("_timeline")
-        run.pop("_timeline", None)
+    for setting in SETTINGS:
+        budgets = {"partitioned": parted, "shared": fit_shared(stores, inputs[setting], parted, total)}
+        latency = calibrate(stores, inputs[setting], parted, total)
+        periods = {name: n * latency[name] / args.utilisation for name in stores}
+        camera = sum(latency.values()) / args.utilisation  # one camera: the period at the nominal load
+        setup[setting] = {"alone_ms": {k: v * 1000 for k, v in latency.items()},
+                          "period_ms": {k: v * 1000 for k, v in periods.items()},
+                          "budget_bytes": budgets}
+        print(f"{setting}: shared budgets " + ", ".join(f"{k} {format_bytes(v)}" for k, v in budgets["shared"].items())
+              + "; alone, partitioned: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items())
+              + f"; periods at utilisation {args.utilisation}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in periods.items()))
+        for arena in ARENAS:
+            for policy, preemption, load in tqdm(RUNS, desc=f"{setting}/{arena}", file=sys.stderr):
+                if load == 1.0:
+                    feed_periods, deadlines = periods, periods
+                else:  # one camera feeding every model, `load` times the nominal work
+                    feed_periods = dict.fromkeys(stores, camera / load)
+                    deadlines = dict.fromkeys(stores, camera)
+                run = feed(stores, inputs[setting], budgets[arena], total, policy, preemption, feed_periods, deadlines,
+                           seconds, arena, camera=load != 1.0)
+                run.update({"policy": policy, "preemption": preemption, "load": load, "arena": arena,
+                            "setting": setting, "feed": "camera" if load != 1.0 else "streams"})
+                results.append(run)
+                if (setting, arena, policy, preemption, load) == ("compute", "shared", "edf", False, 1.0):
+                    timeline = run.pop("_timeline")
+                run.pop("_timeline", None)
 
     print_table(results)
-    out = {"models": {k: {"ref": models[k][0], "input": models[k][1], "weight_bytes": stores[k].total_bytes,
-                          "budget_bytes": budgets[k], "alone_ms": latency[k] * 1000, "period_ms": periods[k] * 1000}
-                      for k in stores},
-           "total_budget_bytes": total, "total_weight_bytes": total_weights, "utilisation": args.utilisation,
-           "seconds_per_run": seconds, "threads": torch.get_num_threads(), "runs": results}
+    print_comparison(results)
+    out = {"models": {k: {"ref": models[k][0], "input": models[k][1], "small_input": SMALL_INPUTS[k],
+                          "weight_bytes": stores[k].total_bytes} for k in stores},
+           "settings": setup, "total_budget_bytes": total, "total_weight_bytes": total_weights,
+           "utilisation": args.utilisation, "seconds_per_run": seconds, "threads": torch.get_num_threads(),
+           "runs": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     png = Path(args.out).with_name(Path(args.out).stem + "_timeline.png")
-    draw_timeline(timeline, png, periods, total)
+    draw_timeline(timeline, png, setup["compute"]["period_ms"], total)
     print(f"\nwrote {args.out} and {png}")
     return 0
 
@@ -118,8 +147,31 @@ def share_budget(stores, total):
     return budgets
 
 
-def new_scheduler(stores, inputs, budgets, total, policy="edf", preemption=False):
-    sched = Scheduler(total, policy=policy, preemption=preemption)
+def fit_shared(stores, inputs, budgets, total, steps=8):
+    """The partitioned budgets scaled by the largest common factor a shared arena admits under the same
+    total (each at most its model's weights and the total), found on the real plans."""
+    sched = new_scheduler(stores, inputs, budgets, total, arena="shared")  # the shares always fit
+
+    def scaled(f):
+        return {n: min(int(b * f) // 4096 * 4096, align_up(stores[n].total_bytes, 4096), total)
+                for n, b in budgets.items()}
+
+    try:
+        lo, hi = 1.0, max(stores[n].total_bytes / b for n, b in budgets.items())
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            try:
+                sched.check_budgets(budgets=scaled(mid))
+                lo = mid
+            except BudgetError:
+                hi = mid
+        return scaled(lo)
+    finally:
+        sched.shutdown()
+
+
+def new_scheduler(stores, inputs, budgets, total, policy="edf", preemption=False, arena="partitioned"):
+    sched = Scheduler(total, policy=policy, preemption=preemption, arena=arena)
     for name, store in stores.items():
         sched.add_model(name, store, budgets[name], example_input=inputs[name])
     sched.start()
@@ -127,6 +179,7 @@ def new_scheduler(stores, inputs, budgets, total, policy="edf", preemption=False
 
 
 def calibrate(stores, inputs, budgets, total, runs=5):
+    """Each model's latency alone (median of `runs`, after a warm-up), partitioned at `budgets`."""
     sched = new_scheduler(stores, inputs, budgets, total)
     try:
         times = {}
@@ -143,10 +196,12 @@ def calibrate(stores, inputs, budgets, total, runs=5):
         sched.shutdown()
 
 
-def feed(stores, inputs, budgets, total, policy, preemption, periods, seconds):
-    sched = new_scheduler(stores, inputs, budgets, total, policy, preemption)
-    for name in stores:  # warm up every model under this scheduler
-        sched.submit(name, inputs[name]).result()
+def feed(stores, inputs, budgets, total, policy, preemption, periods, deadlines, seconds, arena, camera=False):
+    """Feed every model at its period (camera: one feeder, each frame to every model with one deadline)."""
+    sched = new_scheduler(stores, inputs, budgets, total, policy, preemption, arena)
+    for _ in range(2):  # warm up every model under this scheduler (and its expected job time)
+        for name in stores:
+            sched.submit(name, inputs[name]).result()
     sched.records.clear()
     sched.occupancy.clear()
     sched.reads.clear()
@@ -155,22 +210,24 @@ def feed(stores, inputs, budgets, total, policy, preemption, periods, seconds):
     rss = [proc.memory_info().rss]
     stop = threading.Event()
 
-    def feeder(name):
-        period, t0 = periods[name], time.monotonic()
+    def feeder(names):
+        period, t0 = periods[names[0]], time.monotonic()
         k = 0
         while not stop.is_set():
             due = t0 + k * period
             delay = due - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 break
-            sched.submit(name, inputs[name], deadline=due + period)
+            for name in names:
+                sched.submit(name, inputs[name], deadline=due + deadlines[name])
             k += 1
 
     def sampler():
         while not stop.wait(0.05):
             rss.append(proc.memory_info().rss)
 
-    threads = [threading.Thread(target=feeder, args=(n,), daemon=True) for n in stores]
+    groups = [list(stores)] if camera else [[n] for n in stores]
+    threads = [threading.Thread(target=feeder, args=(g,), daemon=True) for g in groups]
     threads.append(threading.Thread(target=sampler, daemon=True))
     start = time.monotonic()
     for t in threads:
@@ -184,6 +241,7 @@ def feed(stores, inputs, budgets, total, policy, preemption, periods, seconds):
     records = list(sched.records)
     timeline = {"start": start, "records": records, "reads": list(sched.reads), "occupancy": list(sched.occupancy)}
     peak_resident = max((b for _, b in sched.occupancy), default=0)
+    arena_bytes = sched.arena_bytes
     sched.shutdown()
     per_model = {}
     for name in stores:
@@ -191,17 +249,21 @@ def feed(stores, inputs, budgets, total, policy, preemption, periods, seconds):
         lat = sorted(r.finished - r.submitted for r in done)
         misses = sum(r.finished > r.deadline for r in done)
         pct = (lambda p: lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] * 1000 if lat else None)
+        reasons = {k: v - base[name]["drops_by_reason"][k] for k, v in metrics[name]["drops_by_reason"].items()}
         per_model[name] = {"jobs_done": len(done), "miss_rate": misses / len(done) if done else None,
-                           "drops": metrics[name]["drops"] - base[name]["drops"],
+                           "drops": metrics[name]["drops"] - base[name]["drops"], "drops_by_reason": reasons,
                            "p50_ms": pct(50), "p99_ms": pct(99),
                            "frames_offered": int(seconds / periods[name])}
+    jobs = [m["jobs_done"] for m in per_model.values()]
     return {"per_model": per_model, "peak_resident_weight_bytes": peak_resident, "total_budget_bytes": total,
+            "arena_bytes": arena_bytes, "budget_bytes": budgets,
+            "jobs_spread": max(jobs) / min(jobs) if min(jobs) else None,
             "peak_rss_bytes": max(rss), "rss_start_bytes": rss[0], "rss_end_bytes": rss[-1], "_timeline": timeline}
 
 
 def print_table(results) -> None:
-    head = f"{'policy':14}{'load':>5}{'model':>14}{'done':>7}{'miss rate':>10}{'drops':>7}{'p50 ms':>9}{'p99 ms':>9}" \
-           f"{'peak weights':>14}{'peak RSS':>11}"
+    head = f"{'setting':8}{'arena':12}{'policy':14}{'load':>5}{'model':>14}{'done':>7}{'miss rate':>10}{'drops':>7}" \
+           f"{'late':>6}{'p50 ms':>9}{'p99 ms':>9}{'peak weights':>14}{'arena':>11}{'peak RSS':>11}"
     print(head)
     print("-" * len(head))
     for r in results:
@@ -210,12 +272,33 @@ def print_table(results) -> None:
             miss = f"{m['miss_rate']:.1%}" if m["miss_rate"] is not None else "-"
             p50 = f"{m['p50_ms']:.0f}" if m["p50_ms"] is not None else "-"
             p99 = f"{m['p99_ms']:.0f}" if m["p99_ms"] is not None else "-"
-            tail = (f"{format_bytes(r['peak_resident_weight_bytes']):>14}{format_bytes(r['peak_rss_bytes']):>11}"
-                    if k == 0 else "")
-            print(f"{label if k == 0 else '':14}{(str(r['load']) + 'x') if k == 0 else '':>5}{name:>14}"
-                  f"{m['jobs_done']:>7}{miss:>10}{m['drops']:>7}{p50:>9}{p99:>9}{tail}")
-    print("miss rate: share of served frames finished after their deadline (arrival + period); "
-          "drops: frames replaced by a newer one before they ran")
+            first = k == 0
+            tail = (f"{format_bytes(r['peak_resident_weight_bytes']):>14}{format_bytes(r['arena_bytes']):>11}"
+                    f"{format_bytes(r['peak_rss_bytes']):>11}" if first else "")
+            print(f"{r['setting'] if first else '':8}{r['arena'] if first else '':12}{label if first else '':14}"
+                  f"{(str(r['load']) + 'x') if first else '':>5}{name:>14}{m['jobs_done']:>7}{miss:>10}{m['drops']:>7}"
+                  f"{m['drops_by_reason']['late']:>6}{p50:>9}{p99:>9}{tail}")
+    print("miss rate: share of served frames finished after their deadline; drops: frames not served (a newer "
+          "frame replaced them, or, 'late', they could no longer meet their deadline); load 3x: one camera")
+
+
+def print_comparison(results) -> None:
+    """The targets: shared vs partitioned p50 (EDF, nominal load), EDF's worst miss, the overload spread."""
+    def find(setting, arena, policy="edf", load=1.0, preemption=False):
+        return next(r for r in results if (r["setting"], r["arena"], r["policy"], r["load"], r["preemption"])
+                    == (setting, arena, policy, load, preemption))
+
+    print()
+    for setting in SETTINGS:
+        shared, parted = find(setting, "shared"), find(setting, "partitioned")
+        change = {n: shared["per_model"][n]["p50_ms"] / parted["per_model"][n]["p50_ms"] - 1
+                  for n in shared["per_model"] if shared["per_model"][n]["p50_ms"] and parted["per_model"][n]["p50_ms"]}
+        print(f"{setting}: shared vs partitioned p50 (edf, 1x): " + ", ".join(f"{n} {c:+.0%}" for n, c in change.items()))
+        for arena in ARENAS:
+            worst = max((m["miss_rate"] or 0) for m in find(setting, arena)["per_model"].values())
+            spread = {p: find(setting, arena, p, 3.0)["jobs_spread"] for p in ("edf", "fifo")}
+            print(f"  {arena}: edf worst miss at 1x {worst:.1%}; jobs spread at 3x (one camera): "
+                  + ", ".join(f"{p} {v:.2f}x" if v else f"{p} -" for p, v in spread.items()))
 
 
 def draw_timeline(timeline, path: Path, periods, total_budget: int, window: float = 6.0) -> None:

@@ -20,7 +20,7 @@ import ctypes
 import ctypes.util
 import mmap
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -111,6 +111,17 @@ class ArenaRegion:
     owned: bool = False  # the SwapModel frees the memory when it closes
 
 
+@dataclass
+class SwapWindow:
+    """Where a SwapModel streams its blocks: [offset, offset + nbytes) of an ArenaMemory, laid from
+    both ends. Models that run one at a time may share one; `freed` (side -> CUDA event recorded
+    when the block there left) is shared with it, so a fill waits for any model's kernels."""
+    memory: ArenaMemory
+    offset: int
+    nbytes: int
+    freed: dict = field(default_factory=dict)
+
+
 class Stager:
     """How one model's reads land in the arena. cpu and unified: straight into it. discrete: into one
     of two pinned staging buffers, then copied on the model's copy stream.
@@ -131,39 +142,42 @@ class Stager:
             self._next = 0
             self._copy_stream = torch.cuda.Stream(memory.device)
 
-    def fill(self, reader: BlockReader, units: list[Unit], offset: int, slot_free=None):
-        """Read consecutive units into the arena at `offset`. slot_free: the event recorded when the
-        block that was there left it (kernels queued before it may still read the slot)."""
+    def fill(self, reader: BlockReader, units: list[Unit], offset: int, slot_free=None,
+             memory: ArenaMemory | None = None):
+        """Read consecutive units into the arena at `offset` (of `memory`, by default the Stager's, on
+        the same device). slot_free: the event recorded when the block that was there left it
+        (kernels queued before it may still read the slot)."""
+        memory = memory or self.memory
         with self._lock:
             self._in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self._in_flight)
         try:
             n = units[-1].end - units[0].offset
-            if self.memory.kind != "discrete":
+            if memory.kind != "discrete":
                 if slot_free is not None:
                     slot_free.synchronize()  # unified: the GPU may still read the bytes the read overwrites
-                reader.read_into(units, memoryview(self.memory.host[offset:offset + n].numpy()))
+                reader.read_into(units, memoryview(memory.host[offset:offset + n].numpy()))
                 return None
             if slot_free is not None:
-                with torch.cuda.device(self.memory.device):
+                with torch.cuda.device(memory.device):
                     self._copy_stream.wait_event(slot_free)  # on the GPU: the old block's kernels are done
             copied = None
             for piece in _pieces(units, self._staging[0].buffer.nbytes):  # a long resident run: in pieces
-                copied = self._stage(reader, piece, offset + piece[0].offset - units[0].offset)
+                copied = self._stage(reader, piece, offset + piece[0].offset - units[0].offset, memory)
             return copied  # one copy stream, in order: the last copy done means all are
         finally:
             with self._lock:
                 self._in_flight -= 1
 
-    def _stage(self, reader: BlockReader, units: list[Unit], offset: int):
+    def _stage(self, reader: BlockReader, units: list[Unit], offset: int, memory: ArenaMemory):
         n = units[-1].end - units[0].offset
         k, self._next = self._next, 1 - self._next
         if self._copied[k] is not None:
             self._copied[k].synchronize()  # this staging buffer's previous copy has left it
         staging = self._staging[k].host[:n]
         reader.read_into(units, memoryview(staging.numpy()))  # meanwhile the other buffer's copy runs
-        with torch.cuda.device(self.memory.device), torch.cuda.stream(self._copy_stream):
-            self.memory.compute[offset:offset + n].copy_(staging, non_blocking=True)
+        with torch.cuda.device(memory.device), torch.cuda.stream(self._copy_stream):
+            memory.compute[offset:offset + n].copy_(staging, non_blocking=True)
             copied = torch.cuda.Event()
             copied.record(self._copy_stream)
         self._copied[k] = copied

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .io import BlockReader
-from .memory import ArenaMemory, ArenaRegion, Stager
+from .memory import ArenaMemory, ArenaRegion, Stager, SwapWindow
 from .plan import Plan
 from .errors import (StoreError, StoreMismatchError, StoreNotFoundError, SwapNetError,
                      WeightNotResidentError)
@@ -114,10 +114,13 @@ class SwapModel:
     verify: "first" checks each unit's CRC32 on its first read and whenever the file changes;
             "always" on every read; "never".
     arena:  a region of a shared ArenaMemory (a scheduler's); default: its own.
+    window: where blocks stream in (a scheduler's window, shared by models that run one at a time);
+            default: the end of `arena`, plan.swap_bytes long.
     """
 
     def __init__(self, store: BlockStore | str, plan: Plan, *, device: str | torch.device = "cpu",
-                 io: str = "direct", verify: str = "first", arena: ArenaRegion | None = None):
+                 io: str = "direct", verify: str = "first", arena: ArenaRegion | None = None,
+                 window: SwapWindow | None = None):
         self.store = store if isinstance(store, BlockStore) else BlockStore(store)
         self.device = torch.device(device)
         if io == "mmap" and self.device.type != "cpu":
@@ -130,6 +133,7 @@ class SwapModel:
         self.io, self.verify = io, verify
         self.stats = SwapStats()
         self.on_block_boundary = None  # called with the block about to run, at each block transition
+        self.on_block_entered = None  # called with that block once it is resident (its predecessor gone)
         self.read_log: deque | None = None  # (block, start, end) of each read, when a deque is set
         self._block_of = self.plan.block_of_unit()
         self._lock = threading.Lock()
@@ -140,7 +144,6 @@ class SwapModel:
         self._next_swapped = dict(zip(swapped, swapped[1:]))  # resident blocks between them run from the arena
         self._pending: tuple[int, int, Future] | None = None
         self._current: int | None = None
-        self._side_freed: dict[int, object] = {}  # side -> CUDA event recorded when its block left
         self._always_stale = False  # a failed re-read left the arena's fixed part unusable
         self._hooks: list = []
         self._always: list[int] = []  # unit indices of the pinned tensors and resident blocks
@@ -148,18 +151,22 @@ class SwapModel:
         self._io = self._reader = self._arena = self._memory = self._binder = self._stager = None
         self._closed = False
         try:
-            self._open(arena)
+            self._open(arena, window)
         except BaseException:
             # a store that fails its first read (a corrupt unit) must not leak the descriptor, the
             # I/O thread or the arena: a scheduler retries a failing model at every job
             self.close()
             raise
 
-    def _open(self, arena: ArenaRegion | None) -> None:
+    def _open(self, arena: ArenaRegion | None, window: SwapWindow | None) -> None:
         units = self.store.units
         self.module = self.store.build_skeleton()
         self._binder = _Binder(self.module, units)
-        arena_bytes = self.plan.pinned_bytes + self.plan.resident_bytes + (self.plan.swap_bytes if self.io == "direct" else 0)
+        fixed = self.plan.pinned_bytes + self.plan.resident_bytes
+        streams = self.io == "direct" and window is None  # its blocks stream into its own region
+        arena_bytes = fixed + (self.plan.swap_bytes if streams else 0)
+        if window is not None:
+            self._check_window(window)
         if arena is None:
             arena = ArenaRegion(ArenaMemory(arena_bytes, self.device), 0, arena_bytes, owned=True)
         elif arena.nbytes < arena_bytes:
@@ -167,7 +174,7 @@ class SwapModel:
         self._arena, self._memory = arena, arena.memory
         largest = max([b.nbytes for b in self.plan.blocks if not b.resident] + [u.nbytes for u in units])
         self._stager = Stager(self._memory, largest)  # this model's own: no other model's fill can touch it
-        self._swap_base = arena.offset + self.plan.pinned_bytes + self.plan.resident_bytes
+        self._window = window or SwapWindow(self._memory, arena.offset + fixed, self.plan.swap_bytes)
         self._reader = BlockReader(self.store.weights_path, self.io, self.verify)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="swapnet-io")
         # pinned tensors and resident blocks, wherever they lie in the file, packed in file order at the
@@ -175,7 +182,7 @@ class SwapModel:
         always = [u for u in units if u.pinned] + [units[i] for b in self.plan.blocks if b.resident for i in b.units]
         always.sort(key=lambda u: u.offset)
         self._always = [u.index for u in always]
-        if sum(u.nbytes for u in always) != self._swap_base - arena.offset:
+        if sum(u.nbytes for u in always) != fixed:
             raise StoreMismatchError("the plan's pinned and resident bytes do not match the store's units")
         at = arena.offset
         for u in always:
@@ -206,17 +213,73 @@ class SwapModel:
                 self.stats.calls += 1
                 self.stats.compute_seconds += time.perf_counter() - start - (self.stats.stall_seconds - stalled)
 
-    def prefetch(self) -> None:
+    def prefetch(self, side: int | None = None) -> None:
         """Start reading the first swapped block now, so the next call finds it resident (a scheduler
-        calls this for the next job while another model computes)."""
+        calls this for the next job while another model computes). side: the end of the window it
+        goes to (0: the start, 1: the end), where another model's block holds the other."""
         with self._lock:
             if self._closed:
                 return
             try:
                 self._follow_store()
-                self._begin()
+                self._begin(side)
             except (SwapNetError, OSError) as e:  # the call that follows meets it again, typed
                 log.debug("prefetch failed: %s", e)
+
+    @property
+    def first_block_bytes(self) -> int:
+        """Bytes of the block a call reads first (0 if none is swapped)."""
+        return self.plan.blocks[self._first_swapped].nbytes if self._first_swapped is not None else 0
+
+    def window_spans(self) -> list[tuple[int, int]]:
+        """[start, end) within the window of every block held or being read (called between blocks)."""
+        held = [(b, r.side) for b, r in self._resident.items()]
+        if self._pending is not None:
+            held.append(self._pending[:2])
+        spans = []
+        for b, side in held:
+            start = self._side_offset(b, side) - self._window.offset
+            spans.append((start, start + self.plan.blocks[b].nbytes))
+        return spans
+
+    def side_span(self, side: int) -> tuple[int, int]:
+        """[start, end) within the window that this model's first block takes at `side`."""
+        n = self.first_block_bytes
+        return (0, n) if side == 0 else (self._window.nbytes - n, self._window.nbytes)
+
+    @property
+    def window(self) -> SwapWindow:
+        return self._window
+
+    def release(self) -> None:
+        """Drop every block held in the window (a prefetched first block), so another model may use it."""
+        with self._lock:
+            if not self._closed:
+                self._finish()
+
+    def _check_window(self, window: SwapWindow) -> None:
+        if self.io == "direct" and window.nbytes < self.plan.swap_bytes:
+            raise ValueError(f"the swap window ({window.nbytes} bytes) is smaller than the plan needs ({self.plan.swap_bytes})")
+
+    def at_sequence_boundary(self, block: int) -> bool:
+        """Whether `block` (from on_block_boundary) continues the recorded order: nothing held runs again."""
+        return self.plan.blocks[block].in_sequence and (self._current is None or block > self._current)
+
+    def give_way(self) -> None:
+        """Drop every block held in the window, from on_block_boundary at a sequence boundary (on the
+        thread running this forward), so a preempting job may stream through it; the next block is
+        read again when this forward goes on."""
+        self._finish()
+
+    def use_window(self, window: SwapWindow) -> None:
+        """Stream into `window` from the next call on (a scheduler moves its models to a resized
+        window between jobs; whatever this model holds in the old one is dropped first)."""
+        self._check_window(window)
+        with self._lock:
+            if window is not self._window:
+                if not self._closed:
+                    self._finish()
+                self._window = window
 
     def reset_stats(self) -> None:
         self.stats = SwapStats(peak_resident_weight_bytes=self._resident_bytes())
@@ -302,13 +365,15 @@ class SwapModel:
                 if self.on_block_boundary is not None:
                     self.on_block_boundary(b)
                 self._enter(b)
+                if self.on_block_entered is not None:
+                    self.on_block_entered(b)
 
         return module.register_forward_pre_hook(pre_hook)
 
-    def _begin(self) -> None:
+    def _begin(self, side: int | None = None) -> None:
         first = self._first_swapped
         if first is not None and first not in self._resident and self._pending is None:
-            self._prefetch(first)  # read while the prologue and any resident blocks compute
+            self._prefetch(first, side)  # read while the prologue and any resident blocks compute
 
     def _enter(self, b: int) -> None:
         t0 = time.perf_counter()
@@ -338,9 +403,8 @@ class SwapModel:
         self.stats.stall_seconds += time.perf_counter() - t0
 
     def _side_offset(self, b: int, side: int) -> int:
-        if side == 0:
-            return self._swap_base
-        return self._swap_base + self.plan.swap_bytes - self.plan.blocks[b].nbytes
+        w = self._window
+        return w.offset if side == 0 else w.offset + w.nbytes - self.plan.blocks[b].nbytes
 
     def _make_room(self, b: int, keep_first: list) -> int:
         """Evict what must go for block b to load; return the side it goes to. Runs at a unit boundary,
@@ -355,8 +419,9 @@ class SwapModel:
             self._evict(other)
         return side
 
-    def _prefetch(self, b: int) -> None:
-        side = self._make_room(b, [self._current])
+    def _prefetch(self, b: int, side: int | None = None) -> None:
+        room = self._make_room(b, [self._current])
+        side = room if side is None else side
         future = self._io.submit(self._fill, b, side)
         self._pending = (b, side, future)
         self._note_resident(extra=self.plan.blocks[b].nbytes)
@@ -394,15 +459,15 @@ class SwapModel:
         t0 = time.perf_counter()
         block = self.plan.blocks[b]
         units = [self.store.units[i] for i in block.units]
-        freed = self._side_freed.pop(side, None)  # kernels queued before it may still read this side
+        freed = self._window.freed.pop(side, None)  # kernels queued before it may still read this side
         ready = None
         if self.io == "mmap":
             # the tensor keeps the mapping alive; it is unmapped when the last view of it dies
             base, offset = torch.frombuffer(self._reader.map(units), dtype=torch.uint8), 0
         else:
             offset = self._side_offset(b, side)
-            ready = self._stager.fill(self._reader, units, offset, slot_free=freed)
-            base = self._memory.compute
+            ready = self._stager.fill(self._reader, units, offset, slot_free=freed, memory=self._window.memory)
+            base = self._window.memory.compute
         t1 = time.perf_counter()
         if self.read_log is not None:  # on the monotonic clock, like a scheduler's deadlines
             now = time.monotonic()
@@ -416,7 +481,7 @@ class SwapModel:
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))  # the model's device and compute stream
-            self._side_freed[resident.side] = event  # the next fill of this side waits for it
+            self._window.freed[resident.side] = event  # the next fill of this side (any model's) waits for it
         if self._current == b:
             self._current = None
 

@@ -345,6 +345,8 @@ class SwapCoordinator(LifecycleNode):
             inputs = {k: v - base.get(k, 0) for k, v in now.items()}  # like the scheduler's, from configure
             st.frames_received, st.lost_before_intake = inputs["frames_received"], inputs["lost_before_intake"]
             st.drops = int(m.get("drops", 0)) + inputs["dropped_inactive"] + inputs["lost_before_intake"]
+            reasons = m.get("drops_by_reason", {})
+            st.drops_replaced, st.drops_late = int(reasons.get("replaced", 0)), int(reasons.get("late", 0))
             st.errors = int(m.get("errors", 0))
             st.malformed_inputs = inputs["malformed_inputs"]
             st.last_error = left_out or m.get("last_error", "") or node.last_input_error
@@ -378,7 +380,7 @@ class SwapCoordinator(LifecycleNode):
             level=level, name=f"swapnet/{st.name}", hardware_id=self.get_name(), message=message,
             values=[KeyValue(key=k, value=str(getattr(st, k))) for k in (
                 "state", "budget_bytes", "min_budget_bytes", "peak_resident_bytes", "num_blocks", "jobs_done",
-                "deadline_misses", "drops", "malformed_inputs", "errors", "frames_received", "lost_before_intake",
+                "deadline_misses", "drops", "drops_replaced", "drops_late", "malformed_inputs", "errors", "frames_received", "lost_before_intake",
                 "last_error")])
 
     def _worker_diagnostic(self, metrics: dict) -> DiagnosticStatus:
