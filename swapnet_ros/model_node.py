@@ -57,7 +57,8 @@ class SwapModelNode(Node):
         self.declare_parameter("dtype", "float32", ParameterDescriptor(
             description="what the store holds and the network computes in: float32, float16 or bfloat16", **ro))
         self.declare_parameter("budget_mb", 64.0, ParameterDescriptor(
-            description="this model's share of the coordinator's budget, MiB; applied at the next job boundary",
+            description="the most this model may hold while its job runs (kept blocks + the shared streaming window), "
+                        "MiB; applied at the next job boundary",
             floating_point_range=[FloatingPointRange(from_value=0.5, to_value=1e6, step=0.0)]))
         self.declare_parameter("deadline_ms", 0.0, ParameterDescriptor(
             description="relative deadline of a frame; 0 = the measured input period",
