@@ -221,7 +221,9 @@ def io_bound_section(result: dict) -> list[str]:
            "The physical bound is max(resident latency, (weights - budget) / storage bandwidth), the bandwidth measured "
            "in the same run after every round, per budget, over a burst as long as the forward's (weights - budget "
            "bytes from a random place in the store file, four concurrent O_DIRECT streams; its spread is given): "
-           "this disk reads short bursts up to twice as fast as long ones. Cold storage: each page-cache contender drops the file before a forward; ours with direct "
+           "this disk reads short bursts up to twice as fast as long ones. It is a virtual disk, not one rate: "
+           "ours at 0.7-0.9 of the bound reads the same unkept bytes every forward faster than a probe of the same "
+           "length elsewhere, so this bound and the predictions made with it are approximate here. Cold storage: each page-cache contender drops the file before a forward; ours with direct "
            "io never uses the page cache. Medians of one interleaved run.", "",
            "| model | budget | GB/s (spread) | resident ms | bound ms | ours direct ms | / bound | read beyond W-B | predicted ms (in run / profile's) | ours mmap | naive | accelerate |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
