@@ -3,7 +3,8 @@
 One worker thread runs one job at a time (one compute stream). Each model keeps only its latest
 pending frame: a newer one replaces it, and the older future is cancelled and counted as a drop, so
 no queue grows. A frame that can no longer meet its deadline (now + its model's expected job time,
-measured, is past it) is dropped before it runs; drops are counted by reason. Policies: "edf"
+measured, is past it) is dropped before it runs while another frame waits (alone in line, it runs
+late and counts as missed); drops are counted by reason. Policies: "edf"
 (earliest deadline first; equal deadlines, as one camera feeding several models gives, go to the
 model served least recently), "fifo" (earliest submitted) and "rr" (round robin over models), the
 last two as baselines. The arena (swapnet_core.sharing) is "shared" by default: each model keeps
@@ -479,9 +480,12 @@ class Scheduler:
             metrics = self._models[name].metrics
             expected = metrics.job_seconds
             # only a frame that could meet its deadline when it came and waited too long (a model slower
-            # than its deadline still runs, counted as missed), and never two in a row of one stream: a
-            # stream whose frames always wait behind longer jobs would otherwise never be served
+            # than its deadline still runs, counted as missed), only while another frame waits (a frame
+            # alone in line delays no one: a closed loop or a sporadic trigger gets its result, late),
+            # and never two in a row of one stream: a stream whose frames always wait behind longer
+            # jobs would otherwise never be served
             if (job.has_deadline and expected is not None and not metrics.dropped_late_last
+                    and len(self._pending) > 1
                     and job.submitted + expected <= job.deadline < now + expected and job.future.cancel()):
                 del self._pending[name]
                 metrics.dropped["late"] += 1

@@ -78,7 +78,8 @@ def test_outputs_are_exact_and_memory_stays_within_the_total(stores, arena):
             for n, s in stores.items():
                 got = sched.submit(n, make_input(X, seed=5)).result(timeout=60)
                 assert torch.equal(got, resident_output(s, 5))
-        futures = {n: sched.submit(n, make_input(X, seed=6)) for n in NAMES}  # queued: read ahead across jobs
+        with sched._cond:  # all three queued before the worker picks one, so a next job exists to read ahead
+            futures = {n: sched.submit(n, make_input(X, seed=6)) for n in NAMES}
         for n, f in futures.items():
             assert torch.equal(f.result(timeout=60), resident_output(stores[n], 6))
         assert read_ahead(sched), "no job's first block was read while the job before it ran"
@@ -230,6 +231,30 @@ def test_a_frame_that_can_no_longer_meet_its_deadline_is_dropped_before_it_runs(
         m = sched.metrics()["models"]
         assert m["b"]["drops_by_reason"] == {"replaced": 0, "late": 1, "drained": 0} and m["b"]["jobs_done"] == 1
         assert m["c"]["drops"] == 0 and m["c"]["deadline_misses"] == 1
+    finally:
+        sched.shutdown()
+
+
+def test_a_late_frame_alone_in_line_still_runs(stores):
+    """Dropping a late frame helps only the frames waiting behind it: one alone in line (a closed loop,
+    a sporadic trigger) runs, late, and counts as a miss instead of leaving its caller without a result."""
+    sched, _ = make_scheduler(stores)
+    sched.start()
+    try:
+        sched.submit("b", make_input(X)).result(timeout=60)  # its expected job time is now measured
+        expected = sched._models["b"].metrics.job_seconds
+        gate, entered = hold_at_first_boundary(sched, "a")
+        running = sched.submit("a", make_input(X))
+        assert entered.wait(60)
+        now = time.monotonic()
+        late = sched.submit("b", make_input(X), deadline=now + 2 * expected)  # feasible when it came
+        while time.monotonic() <= now + expected:  # until it can no longer make it
+            time.sleep(0.005)
+        gate.set()
+        running.result(timeout=60)
+        assert late.result(timeout=60) is not None
+        m = sched.metrics()["models"]["b"]
+        assert m["drops"] == 0 and m["jobs_done"] == 2 and m["deadline_misses"] == 1
     finally:
         sched.shutdown()
 
