@@ -17,6 +17,7 @@ proportional to the weights; shared, those shares scaled up by the largest commo
 admission takes under the same total (kept parts + one window <= total).
 
   .venv/bin/python bench/multi_dnn.py [--quick] [--seconds S] [--utilisation U]
+  .venv/bin/python bench/multi_dnn.py --summarise RUN.json [RUN.json ...]   # runs' targets side by side
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def main() -> int:
     ap.add_argument("--stores", default="stores/bench")
     ap.add_argument("--out", help="default bench/results/multi_dnn.json (multi_dnn_quick.json with --quick: the quick\n"
                          "run never overwrites the full results)")
+    ap.add_argument("--summarise", nargs="+", metavar="RUN_JSON", help="run nothing: write the targets of these "
+                    "runs side by side to --out (default bench/results/multi_dnn_sharing.json)")
     args = ap.parse_args()
+    if args.summarise:
+        summarise(args.summarise, Path(args.out or "bench/results/multi_dnn_sharing.json"))
+        return 0
     args.out = args.out or f"bench/results/multi_dnn{'_quick' if args.quick else ''}.json"
     models = QUICK if args.quick else FULL
     seconds = args.seconds or (8 if args.quick else 150)
@@ -282,23 +288,45 @@ def print_table(results) -> None:
           "frame replaced them, or, 'late', they could no longer meet their deadline); load 3x: one camera")
 
 
-def print_comparison(results) -> None:
-    """The targets: shared vs partitioned p50 (EDF, nominal load), EDF's worst miss, the overload spread."""
+def comparison(results) -> dict:
+    """The targets per setting: shared vs partitioned p50 (EDF, nominal load), EDF's worst miss at nominal
+    load and the jobs spread under one camera at 3x, per layout."""
     def find(setting, arena, policy="edf", load=1.0, preemption=False):
         return next(r for r in results if (r["setting"], r["arena"], r["policy"], r["load"], r["preemption"])
                     == (setting, arena, policy, load, preemption))
 
-    print()
+    out = {}
     for setting in SETTINGS:
         shared, parted = find(setting, "shared"), find(setting, "partitioned")
-        change = {n: shared["per_model"][n]["p50_ms"] / parted["per_model"][n]["p50_ms"] - 1
-                  for n in shared["per_model"] if shared["per_model"][n]["p50_ms"] and parted["per_model"][n]["p50_ms"]}
-        print(f"{setting}: shared vs partitioned p50 (edf, 1x): " + ", ".join(f"{n} {c:+.0%}" for n, c in change.items()))
+        out[setting] = {
+            "p50_change": {n: shared["per_model"][n]["p50_ms"] / parted["per_model"][n]["p50_ms"] - 1
+                           for n in shared["per_model"]
+                           if shared["per_model"][n]["p50_ms"] and parted["per_model"][n]["p50_ms"]},
+            "edf_worst_miss": {a: max((m["miss_rate"] or 0) for m in find(setting, a)["per_model"].values())
+                               for a in ARENAS},
+            "edf_spread": {a: find(setting, a, "edf", 3.0)["jobs_spread"] for a in ARENAS},
+            "fifo_spread": {a: find(setting, a, "fifo", 3.0)["jobs_spread"] for a in ARENAS}}
+    return out
+
+
+def print_comparison(results) -> None:
+    print()
+    for setting, v in comparison(results).items():
+        print(f"{setting}: shared vs partitioned p50 (edf, 1x): "
+              + ", ".join(f"{n} {c:+.0%}" for n, c in v["p50_change"].items()))
         for arena in ARENAS:
-            worst = max((m["miss_rate"] or 0) for m in find(setting, arena)["per_model"].values())
-            spread = {p: find(setting, arena, p, 3.0)["jobs_spread"] for p in ("edf", "fifo")}
-            print(f"  {arena}: edf worst miss at 1x {worst:.1%}; jobs spread at 3x (one camera): "
-                  + ", ".join(f"{p} {v:.2f}x" if v else f"{p} -" for p, v in spread.items()))
+            spread = {"edf": v["edf_spread"][arena], "fifo": v["fifo_spread"][arena]}
+            print(f"  {arena}: edf worst miss at 1x {v['edf_worst_miss'][arena]:.1%}; jobs spread at 3x (one camera): "
+                  + ", ".join(f"{p} {x:.2f}x" if x else f"{p} -" for p, x in spread.items()))
+
+
+def summarise(paths: list[str], out: Path) -> None:
+    """Several runs' targets side by side (their run-to-run spread), for BENCHMARKS.md."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    out.write_text(json.dumps({"models": list(runs[0]["models"]), "seconds_per_run": runs[0]["seconds_per_run"],
+                               "sources": [Path(p).name for p in paths],
+                               "repeats": [comparison(r["runs"]) for r in runs]}, indent=1))
+    print(f"wrote {out}")
 
 
 def draw_timeline(timeline, path: Path, periods, total_budget: int, window: float = 6.0) -> None:
