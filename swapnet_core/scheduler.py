@@ -3,8 +3,9 @@
 One worker thread runs one job at a time (one compute stream). Each model keeps only its latest
 pending frame: a newer one replaces it, and the older future is cancelled and counted as a drop, so
 no queue grows. A frame that can no longer meet its deadline (now + its model's expected job time,
-measured, is past it) is dropped before it runs while another frame waits (alone in line, it runs
-late and counts as missed); drops are counted by reason. Policies: "edf"
+measured, is past it) is dropped before it runs under overload (its stream's frames are being
+replaced and another frame waits; otherwise it runs late and counts as missed); drops are counted
+by reason. Policies: "edf"
 (earliest deadline first; equal deadlines, as one camera feeding several models gives, go to the
 model served least recently), "fifo" (earliest submitted) and "rr" (round robin over models), the
 last two as baselines. The arena (swapnet_core.sharing) is "shared" by default: each model keeps
@@ -95,6 +96,7 @@ class ModelMetrics:
         self.job_seconds: float | None = None  # expected job time (start to end), from the jobs that ran
         self.served = 0  # when it was last served, in jobs taken by the scheduler
         self.dropped_late_last = False  # its latest frame was dropped as late (the next one runs)
+        self.overrun = False  # a frame of it was replaced since it was last served: frames outrun its service
         self.last_error = ""
         self.failing = False  # the latest job failed: the model needs attention until one succeeds
 
@@ -227,6 +229,7 @@ class Scheduler:
             old = self._pending.pop(name, None)
             if old is not None and old.future.cancel():
                 self._models[name].metrics.dropped["replaced"] += 1
+                self._models[name].metrics.overrun = True
                 # the stream keeps its place in line (fifo), or under overload a stream whose frames arrive
                 # second would be replaced for ever and never run; the deadline stays the frame's own: an
                 # inherited, already passed one put a late stream ahead of streams still on time (edf)
@@ -480,12 +483,13 @@ class Scheduler:
             metrics = self._models[name].metrics
             expected = metrics.job_seconds
             # only a frame that could meet its deadline when it came and waited too long (a model slower
-            # than its deadline still runs, counted as missed), only while another frame waits (a frame
-            # alone in line delays no one: a closed loop or a sporadic trigger gets its result, late),
-            # and never two in a row of one stream: a stream whose frames always wait behind longer
-            # jobs would otherwise never be served
+            # than its deadline still runs, counted as missed); only under overload: its stream outruns
+            # its service (a frame was replaced since it was last served: a newer frame is on its way)
+            # and another frame waits (one the drop lets run sooner) -- a closed loop or a sporadic
+            # trigger waits for this very result, so it runs, late; and never two in a row of one
+            # stream, or a stream whose frames always wait behind longer jobs would never be served
             if (job.has_deadline and expected is not None and not metrics.dropped_late_last
-                    and len(self._pending) > 1
+                    and metrics.overrun and len(self._pending) > 1
                     and job.submitted + expected <= job.deadline < now + expected and job.future.cancel()):
                 del self._pending[name]
                 metrics.dropped["late"] += 1
@@ -552,6 +556,7 @@ class Scheduler:
             self._served += 1
             self._models[job.model].metrics.served = self._served
             self._models[job.model].metrics.dropped_late_last = False
+            self._models[job.model].metrics.overrun = False
             if self.policy == "rr":
                 self._rr = (list(self._models).index(job.model) + 1) % len(self._models)
         return job

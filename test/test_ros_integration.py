@@ -142,7 +142,9 @@ def test_budget_parameter_is_applied_or_refused_with_a_reason(client):
                                  for s in client.status[-1:] for m in s.models), 20, "the new budget in the status")
     too_small = set_budget("depth", 1.0)
     assert not too_small.successful and "minimum" in too_small.reason
-    too_big = set_budget("detection", 30.0)
+    # more than the total: refused whatever the plans (30 MiB was refused only while the kept parts and
+    # the window it implied overflowed, which depends on the measured profile under the shared window)
+    too_big = set_budget("detection", 41.0)
     assert not too_big.successful and "over the total" in too_big.reason
     assert budget_now() == 28.0
     got = send_and_collect(client, frame(client, 11))  # serving with the new plan

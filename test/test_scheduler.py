@@ -220,6 +220,7 @@ def test_a_frame_that_can_no_longer_meet_its_deadline_is_dropped_before_it_runs(
         running = sched.submit("a", make_input(X))
         assert entered.wait(60)
         now = time.monotonic()
+        sched.submit("b", make_input(X), deadline=now + 10)  # replaced next: b's frames outrun its service
         late = sched.submit("b", make_input(X), deadline=now + 2 * expected["b"])  # feasible when it came
         slow = sched.submit("c", make_input(X), deadline=now + expected["c"] / 2)  # never feasible
         while time.monotonic() <= now + expected["b"]:  # until b's frame can no longer make it
@@ -229,30 +230,33 @@ def test_a_frame_that_can_no_longer_meet_its_deadline_is_dropped_before_it_runs(
         assert slow.result(timeout=60) is not None
         assert late.cancelled()
         m = sched.metrics()["models"]
-        assert m["b"]["drops_by_reason"] == {"replaced": 0, "late": 1, "drained": 0} and m["b"]["jobs_done"] == 1
+        assert m["b"]["drops_by_reason"] == {"replaced": 1, "late": 1, "drained": 0} and m["b"]["jobs_done"] == 1
         assert m["c"]["drops"] == 0 and m["c"]["deadline_misses"] == 1
     finally:
         sched.shutdown()
 
 
-def test_a_late_frame_alone_in_line_still_runs(stores):
-    """Dropping a late frame helps only the frames waiting behind it: one alone in line (a closed loop,
-    a sporadic trigger) runs, late, and counts as a miss instead of leaving its caller without a result."""
+def test_a_late_frame_runs_unless_its_stream_outruns_its_service(stores):
+    """Dropping a late frame pays only under overload, when a newer frame of its stream is on its way. A
+    closed loop (one frame at a time for several models, each result awaited) replaces nothing: a frame
+    late behind another model's job runs and counts as a miss instead of leaving its caller waiting."""
     sched, _ = make_scheduler(stores)
     sched.start()
     try:
-        sched.submit("b", make_input(X)).result(timeout=60)  # its expected job time is now measured
+        for n in ("b", "c"):  # their expected job times are now measured
+            sched.submit(n, make_input(X)).result(timeout=60)
         expected = sched._models["b"].metrics.job_seconds
         gate, entered = hold_at_first_boundary(sched, "a")
         running = sched.submit("a", make_input(X))
         assert entered.wait(60)
         now = time.monotonic()
         late = sched.submit("b", make_input(X), deadline=now + 2 * expected)  # feasible when it came
-        while time.monotonic() <= now + expected:  # until it can no longer make it
+        waiting = sched.submit("c", make_input(X), deadline=now + 60)  # another frame in line
+        while time.monotonic() <= now + expected:  # until b's frame can no longer make it
             time.sleep(0.005)
         gate.set()
         running.result(timeout=60)
-        assert late.result(timeout=60) is not None
+        assert late.result(timeout=60) is not None and waiting.result(timeout=60) is not None
         m = sched.metrics()["models"]["b"]
         assert m["drops"] == 0 and m["jobs_done"] == 2 and m["deadline_misses"] == 1
     finally:
