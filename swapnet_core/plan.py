@@ -262,8 +262,8 @@ def plan_optimal(store: BlockStore, budget_bytes: int, profile: Profile, prefetc
     order (file order, most exposed read time per byte, largest first):
       - keep the longest prefix of the order, over segments, that fits beside the swap region, and
         cut the rest by dynamic programming (optimal_cut; a block never spans a kept segment);
-      - cut everything first, then keep the longest prefix of the order over those blocks.
-    A plan feasible at a smaller budget is feasible at a larger one, so the planner also weighs the
+      - cut everything first, then keep the longest prefix of the order over those blocks;
+    and the greedy and uniform plans. A plan feasible at a smaller budget is feasible at a larger one, so the planner also weighs the
     candidates of every budget on a ladder below this one (the common shares 1/2 ... 1/10 and steps
     of 2^(1/2)): it never returns a plan slower, by its own model, than one it would return there."""
     _check_budget(store, budget_bytes, prefetch, activation_reserve)
@@ -272,15 +272,24 @@ def plan_optimal(store: BlockStore, budget_bytes: int, profile: Profile, prefetc
         return whole
     candidates = _Candidates(store, profile, prefetch, activation_reserve)
     floor = minimum_budget(store, prefetch, activation_reserve)
-    best = candidates.best(budget_bytes)
+
+    def best_at(budget: int) -> Plan | None:
+        # the baselines are candidates too: with a per-read latency in the profile, the greedy cut of a
+        # large window can beat every capacity of the list above by the model's own measure
+        plans = [candidates.best(budget)] + [baseline(store, budget, prefetch, activation_reserve, profile)
+                                             for baseline in (plan_greedy, plan_uniform)]
+        plans = [p for p in plans if p is not None and p.prediction is not None]
+        return min(plans, key=lambda p: p.prediction.latency_s, default=None)
+
+    best = best_at(budget_bytes)
     for rung in budget_ladder(store.total_bytes):
         if floor <= rung < budget_bytes:
-            lower = candidates.best(rung)
+            lower = best_at(rung)
             if lower is not None and (best is None or lower.prediction.latency_s < best.prediction.latency_s):
-                best = replace(lower, budget_bytes=budget_bytes)
+                best = lower
     if best is None:  # every segment its own block fits, by the budget check above
         return _finest(store, "optimal", budget_bytes, prefetch, activation_reserve, profile)
-    return best
+    return replace(best, kind="optimal", budget_bytes=budget_bytes)
 
 
 def budget_ladder(total_bytes: int) -> list[int]:
