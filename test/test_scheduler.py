@@ -78,15 +78,21 @@ def test_outputs_are_exact_and_memory_stays_within_the_total(stores, arena):
             for n, s in stores.items():
                 got = sched.submit(n, make_input(X, seed=5)).result(timeout=60)
                 assert torch.equal(got, resident_output(s, 5))
-        with sched._cond:  # all three queued before the worker picks one, so a next job exists to read ahead
-            futures = {n: sched.submit(n, make_input(X, seed=6)) for n in NAMES}
-        for n, f in futures.items():
-            assert torch.equal(f.result(timeout=60), resident_output(stores[n], 6))
+        # read-ahead depends on when the worker reaches a job's last block (a toy job can end before the
+        # read is timed inside it): up to three rounds of three queued jobs, at least one read ahead
+        for _round in range(3):
+            with sched._cond:  # all three queued before the worker picks one, so a next job exists
+                futures = {n: sched.submit(n, make_input(X, seed=6)) for n in NAMES}
+            for n, f in futures.items():
+                assert torch.equal(f.result(timeout=60), resident_output(stores[n], 6))
+            rounds = _round + 1
+            if read_ahead(sched):
+                break
         assert read_ahead(sched), "no job's first block was read while the job before it ran"
         assert max(b for _, b in sched.occupancy) <= sched.arena_bytes <= sched.total_budget
         assert sum(s.total_bytes for s in stores.values()) > 2.5 * sched.total_budget
         m = sched.metrics()
-        assert all(m["models"][n]["jobs_done"] == 4 and m["models"][n]["p99_ms"] > 0 for n in NAMES)
+        assert all(m["models"][n]["jobs_done"] == 3 + rounds and m["models"][n]["p99_ms"] > 0 for n in NAMES)
         if arena == "shared":  # one window instead of one swap region per model
             kept = sum(v["kept_bytes"] for v in m["models"].values())
             assert m["window_bytes"] >= max(v["arena_bytes"] - v["kept_bytes"] for v in m["models"].values())
