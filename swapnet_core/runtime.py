@@ -30,6 +30,7 @@ from .trace import reads_metadata_only, torch_function_name
 
 log = logging.getLogger("swapnet_core.runtime")
 _PLACEHOLDER_READS = {"device", "is_cuda", "is_cpu", "is_meta", "__repr__", "__format__"}
+READS_KEPT = 512  # (bytes, seconds) of the latest block reads: what calibration fits the cost model to
 
 
 @dataclass
@@ -135,6 +136,7 @@ class SwapModel:
         self.on_block_boundary = None  # called with the block about to run, at each block transition
         self.on_block_entered = None  # called with that block once it is resident (its predecessor gone)
         self.read_log: deque | None = None  # (block, start, end) of each read, when a deque is set
+        self.reads: deque[tuple[int, float]] = deque(maxlen=READS_KEPT)  # (bytes, seconds) per block read
         self._block_of = self.plan.block_of_unit()
         self._lock = threading.Lock()
         self._resident: dict[int, _Resident] = {}  # swapped blocks now in the swap region
@@ -142,7 +144,8 @@ class SwapModel:
         swapped = self.plan.swapped_sequence
         self._first_swapped = swapped[0] if swapped else None
         self._next_swapped = dict(zip(swapped, swapped[1:]))  # resident blocks between them run from the arena
-        self._pending: tuple[int, int, Future] | None = None
+        self._pending: tuple[int, int, Future] | None = None  # (block, side, read): the read awaited next
+        self._queued: tuple[int, int, Future] | None = None  # the read behind it (only while one is pending)
         self._current: int | None = None
         self._always_stale = False  # a failed re-read left the arena's fixed part unusable
         self._hooks: list = []
@@ -234,8 +237,7 @@ class SwapModel:
     def window_spans(self) -> list[tuple[int, int]]:
         """[start, end) within the window of every block held or being read (called between blocks)."""
         held = [(b, r.side) for b, r in self._resident.items()]
-        if self._pending is not None:
-            held.append(self._pending[:2])
+        held += [read[:2] for read in (self._pending, self._queued) if read is not None]
         spans = []
         for b, side in held:
             start = self._side_offset(b, side) - self._window.offset
@@ -282,7 +284,9 @@ class SwapModel:
                 self._window = window
 
     def reset_stats(self) -> None:
+        """Count from now on (the reads too: a first forward's reads also check every unit's CRC32)."""
         self.stats = SwapStats(peak_resident_weight_bytes=self._resident_bytes())
+        self.reads.clear()
 
     def close(self) -> None:
         """Free the arena and the I/O thread; the module goes back to meta. Safe on a half-built model."""
@@ -380,6 +384,7 @@ class SwapModel:
         blocks = self.plan.blocks
         if b not in self._resident:
             if self._pending is not None and self._pending[0] == b:
+                self._queue_next(b)
                 try:
                     self._await_pending()
                 except (StoreError, OSError):
@@ -402,6 +407,24 @@ class SwapModel:
             self._prefetch(nxt)
         self.stats.stall_seconds += time.perf_counter() - t0
 
+    def _queue_next(self, b: int) -> None:
+        """Entering b, whose read is in flight, in the recorded order: the block before it has finished
+        computing, so free its side now and queue the read after b behind b's. The I/O thread then goes
+        from one read straight to the next instead of idling until this thread wakes, binds b and asks
+        for the next (about 0.1 ms a block here: a fifth of an I/O-bound forward of 65 blocks)."""
+        prev, nxt, blocks = self._current, self._next_swapped.get(b), self.plan.blocks
+        if (not self.plan.prefetch or self._queued is not None or nxt is None or nxt in self._resident
+                or prev is None or prev >= b or list(self._resident) != [prev]
+                or not (blocks[prev].in_sequence and blocks[b].in_sequence)
+                or blocks[b].nbytes + blocks[nxt].nbytes > self._window.nbytes):
+            return
+        side = self._resident[prev].side
+        if side == self._pending[1]:
+            return
+        self._evict(prev)
+        self._queued = (nxt, side, self._io.submit(self._fill, nxt, side))
+        self._note_resident(extra=blocks[b].nbytes + blocks[nxt].nbytes)
+
     def _side_offset(self, b: int, side: int) -> int:
         w = self._window
         return w.offset if side == 0 else w.offset + w.nbytes - self.plan.blocks[b].nbytes
@@ -410,8 +433,11 @@ class SwapModel:
         """Evict what must go for block b to load; return the side it goes to. Runs at a unit boundary,
         where no swapped unit is mid-forward, so any resident block may go. Keeps the first block of
         `keep_first` that is resident and fits beside b."""
-        if self._pending is not None:
-            self._await_pending()
+        while self._pending is not None:
+            try:
+                self._await_pending()
+            except (StoreError, OSError):
+                pass  # a read ahead that failed: the call that needs its block reads it again, and says why
         keep = next((k for k in keep_first if k in self._resident and
                      self.plan.blocks[k].nbytes + self.plan.blocks[b].nbytes <= self.plan.swap_bytes), None)
         side = 0 if keep is None else 1 - self._resident[keep].side
@@ -437,7 +463,7 @@ class SwapModel:
 
     def _await_pending(self) -> None:
         b, _side, future = self._pending
-        self._pending = None
+        self._pending, self._queued = self._queued, None  # the queued read is the next one awaited
         self._resident[b] = self._collect(future.result())
 
     def _collect(self, result) -> _Resident:
@@ -451,6 +477,7 @@ class SwapModel:
         self.stats.bytes_read += nbytes
         self.stats.read_seconds += seconds
         self.stats.blocks_loaded += 1
+        self.reads.append((nbytes, seconds))
         return resident
 
     def _fill(self, b: int, side: int):
@@ -486,7 +513,7 @@ class SwapModel:
             self._current = None
 
     def _finish(self) -> None:
-        if self._pending is not None:
+        while self._pending is not None:
             try:
                 self._await_pending()
             except Exception:

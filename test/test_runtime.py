@@ -279,3 +279,29 @@ def test_a_constructor_that_computes_with_its_tensors_still_gets_a_skeleton(conv
         want = load_resident(store)(x)
         with open_swapped(store, "1/4") as model:
             assert torch.equal(model(x), want)
+
+
+@pytest.mark.parametrize("io", ["direct", "mmap"])
+def test_the_read_after_a_block_is_queued_before_that_block_is_awaited(resnet, io):
+    """In the recorded order the read after block b is queued behind b's own read (b's predecessor
+    has finished computing by then), so the I/O thread goes straight on instead of waiting for the
+    compute thread to wake, bind b and ask: for every block past the first, its successor's read is
+    submitted before b's read is collected, and once b is entered nothing else is held."""
+    store, want = resnet
+    budget = max(store.total_bytes // 6, minimum_budget(store))
+    with open_swapped(store, budget, io=io, plan="greedy") as model:
+        swapped = model.plan.swapped_sequence
+        assert len(swapped) >= 4
+        events = []
+        submit, collect = model._io.submit, model._collect
+        model._io.submit = lambda fn, b, side: events.append(("submit", b)) or submit(fn, b, side)
+        model._collect = lambda result: events.append(("collect", result[0])) or collect(result)
+        model.on_block_entered = lambda b: events.append(("entered", b, sorted(model._resident)))
+        for _ in range(2):
+            events.clear()
+            assert torch.equal(model(make_input(X, seed=3)), want)
+            order = {e[:2]: k for k, e in enumerate(events)}
+            for b, nxt in zip(swapped[1:], swapped[2:]):
+                assert order[("submit", nxt)] < order[("collect", b)]
+            assert all(e[2] == [e[1]] for e in events if e[0] == "entered" and e[1] in swapped[1:])
+        assert model.stats.peak_resident_weight_bytes <= budget and model.stats.misses == 0
