@@ -160,7 +160,9 @@ def _convert(args) -> int:
 def _run(args) -> int:
     import torch
 
+    from .calibrate import drifted, recalibrate
     from .models import call_model, map_inputs, max_abs_diff
+    from .plan import predict
     from .runtime import SwapModel, load_resident
     from .store import BlockStore
 
@@ -168,7 +170,7 @@ def _run(args) -> int:
         raise ValueError("--repeat must be at least 1")
     store = BlockStore(args.store)
     x = map_inputs(store.make_input(args.input), lambda t: t.to(args.device))
-    plan, _profile, _seconds = _make_plan(args, store, x)
+    plan, profile, _seconds = _make_plan(args, store, x)
     swapped = SwapModel(store, plan, device=args.device, io=args.io, verify=args.verify)
     resident = load_resident(store, args.device) if args.compare_resident else None
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
@@ -189,11 +191,14 @@ def _run(args) -> int:
             if resident is not None:
                 times_r.append(timed(resident)[1])
     stats = swapped.stats
+    calibrated = recalibrate(swapped, profile) if plan.prediction else profile
     result = {
         "store": str(store.path), "model": store.ref, "random_weights": store.random_weights,
         "input": args.input or store.default_input, "io": args.io, "effective_io": swapped._reader.effective_mode,
         "device": args.device, "plan": plan.kind, "blocks": len(plan.blocks),
         "predicted_ms": plan.prediction.latency_s * 1000 if plan.prediction else None,
+        "predicted_calibrated_ms": predict(store, plan, calibrated).latency_s * 1000 if plan.prediction else None,
+        "read_scale": calibrated.io.scale / profile.io.scale, "reads_observed": len(swapped.reads),
         "resident_block_bytes": plan.resident_bytes, "pinned_bytes": plan.pinned_bytes,
         "budget_bytes": swapped.budget_bytes, "arena_bytes": swapped.plan.arena_bytes,
         "model_weight_bytes": store.total_bytes,
@@ -222,6 +227,12 @@ def _run(args) -> int:
               f"budget {format_bytes(result['budget_bytes'])} = {result['budget_bytes'] / store.total_bytes:.0%} "
               f"of the weights, max |diff| {diff:g}" + (" (bit-identical)" if diff == 0 else ""))
     print(f"stall {result['stall_ms_per_call']:.1f} ms/call, out-of-order loads {result['stalls']}")
+    if result["predicted_ms"] is not None:
+        scale = result["read_scale"]
+        print(f"predicted {result['predicted_ms']:.1f} ms from the profile; {result['predicted_calibrated_ms']:.1f} ms "
+              f"at the rate this run's {result['reads_observed']} block reads ran (reads took {scale:.2f}x the "
+              f"profile's time; kept in profile.json"
+              + (", so the next plan is made for it)" if drifted(scale) else ")"))
     return 0
 
 

@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -54,9 +54,17 @@ class IOProfile:
     latency_s: float
     bandwidth_bytes_per_s: float
     samples: list[tuple[int, float]] = field(default_factory=list)  # (bytes, median seconds)
+    scale: float = 1.0  # calibration: read times are this many times the profiler's (swapnet_core.calibrate)
 
     def read_seconds(self, nbytes: int) -> float:
         return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+
+    def scaled(self, scale: float) -> "IOProfile":
+        """This read model with every read taking `scale` times as long (`scale` keeps the product)."""
+        if not scale > 0:
+            raise ValueError(f"a read scale must be positive, got {scale!r}")
+        return replace(self, latency_s=self.latency_s * scale, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s / scale,
+                       scale=self.scale * scale)
 
 
 @dataclass
@@ -265,10 +273,7 @@ def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: st
     path = store.path / PROFILE_NAME
     cache = _read_cache(path, store.store_id)
     ckey = compute_key(device, x)
-    probe = BlockReader(store.weights_path, io)
-    io_mode = probe.effective_mode
-    probe.close()
-    ikey = io_key(io_mode, io, device)
+    ikey = _io_cache_key(store, io, device)
     changed = False
     if refresh or ckey not in cache["compute"]:
         log.info("profiling compute of %s for %s", store.ref, ckey)
@@ -285,8 +290,29 @@ def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: st
     compute = ComputeProfile(c["key"], c["prologue_s"], {int(k): v for k, v in c["unit_s"].items()}, c["total_s"],
                              c["activation_peak_bytes"], c["runs"])
     i = cache["io"][ikey]
-    return Profile(compute, IOProfile(i["mode"], i["cold"], i["latency_s"], i["bandwidth_bytes_per_s"],
-                                      [tuple(s) for s in i["samples"]]))
+    measured = IOProfile(i["mode"], i["cold"], i["latency_s"], i["bandwidth_bytes_per_s"], [tuple(s) for s in i["samples"]])
+    scale = i.get("scale", 1.0)
+    return Profile(compute, measured.scaled(scale) if scale != 1.0 else measured)
+
+
+def remember_read_scale(store: BlockStore, io_profile: IOProfile, device: str | torch.device = "cpu",
+                        io: str = "direct") -> None:
+    """Keep a calibrated read model's scale (against the profiler's measurement) in profile.json, so
+    the next plan of this store, at any budget, reads at the rate the running model found."""
+    path = store.path / PROFILE_NAME
+    cache = _read_cache(path, store.store_id)
+    entry = cache["io"].get(_io_cache_key(store, io, device))
+    if entry is None or not io_profile.scale > 0:
+        return  # measured since, or never: nothing to scale
+    entry["scale"] = io_profile.scale
+    _write_cache(path, cache)
+
+
+def _io_cache_key(store: BlockStore, io: str, device: str | torch.device) -> str:
+    probe = BlockReader(store.weights_path, io)
+    io_mode = probe.effective_mode
+    probe.close()
+    return io_key(io_mode, io, device)
 
 
 def _read_cache(path: Path, store_id: str) -> dict:
