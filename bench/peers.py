@@ -209,6 +209,20 @@ def _bytes_loaded(contender: str, model) -> int:
     return 0
 
 
+def calibrated_prediction(contender: str, model, store, x) -> dict:
+    """Ours: the cost model again, its read rate scaled to the reads this worker's forwards made
+    (swapnet_core.calibrate, as `swapnet run` and the scheduler do), beside the profile's prediction."""
+    if not contender.startswith("ours_"):
+        return {}
+    from swapnet_core.calibrate import recalibrate
+    from swapnet_core.compose import profile_for
+    from swapnet_core.plan import predict
+    profile = profile_for(store, model.budget_bytes, example_input=x, io=model.io)
+    cal = recalibrate(model, profile, remember=False)
+    return {"predicted_calibrated_ms": predict(store, model.plan, cal).latency_s * 1000,
+            "read_scale": cal.io.scale / profile.io.scale}
+
+
 def worker(spec: dict) -> int:
     """One contender at one budget: set up, answer `run warm|cold` and `done` on stdin."""
     reply_to = os.fdopen(os.dup(1), "w", buffering=1)
@@ -235,6 +249,8 @@ def worker(spec: dict) -> int:
         out = call_model(model, store.call, x)
     save_file({str(i): t.contiguous() for i, t in enumerate(flatten_outputs(out))}, spec["output"])
     del out
+    if contender.startswith("ours_"):
+        model.reads.clear()  # the set-up forward also checked every unit's CRC32: not the steady state
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # set-up garbage is not the contender's run-time memory
     with open("/proc/self/clear_refs", "w") as f:
@@ -257,7 +273,7 @@ def worker(spec: dict) -> int:
             reply(ms=ms, storage_read_bytes=process_memory()["read_bytes"] - io0,
                   bytes_loaded=_bytes_loaded(contender, model) - loaded0)
         elif cmd[0] == "done":
-            reply(peak_rss=process_memory()["hwm"], calls=calls)
+            reply(peak_rss=process_memory()["hwm"], calls=calls, **calibrated_prediction(contender, model, store, x))
             break
     return 0
 
@@ -384,6 +400,7 @@ def bench_model(name, ref, spec, shares, args, scratch: Path, contenders=CONTEND
                    "bytes_loaded_per_call": statistics.median(w.loaded[storage]),
                    "max_abs_diff": w.ready["max_abs_diff"], "read_bandwidth_bytes_per_s": bandwidth}
             row.update({k: v for k, v in w.ready.items() if k not in ("ready", "max_abs_diff", "base_rss", "ready_rss")})
+            row.update({k: v for k, v in done.items() if k in ("predicted_calibrated_ms", "read_scale")})
             if c.startswith("ours_"):
                 compute_ms = statistics.median(resident.times["warm"])
                 row["compute_ms"], row["io_ms"] = compute_ms, row["bytes_loaded_per_call"] / bandwidth * 1000

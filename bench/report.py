@@ -205,8 +205,9 @@ def peers_section(result: dict, results: Path) -> list[str]:
 
 
 def predicted(row: dict) -> str:
-    mine = f"{row['predicted_ms']:.0f}"
-    return f"{row['predicted_in_run_ms']:.0f} / {mine}" if "predicted_in_run_ms" in row else mine
+    """calibrated / with the probe's bandwidth / the profile's, as far as the row has them."""
+    keys = ("predicted_calibrated_ms", "predicted_in_run_ms", "predicted_ms")
+    return " / ".join(f"{row[k]:.0f}" if k in row else "—" for k in keys)
 
 
 def io_bound_section(result: dict) -> list[str]:
@@ -225,7 +226,7 @@ def io_bound_section(result: dict) -> list[str]:
            "ours at 0.7-0.9 of the bound reads the same unkept bytes every forward faster than a probe of the same "
            "length elsewhere, so this bound and the predictions made with it are approximate here. Cold storage: each page-cache contender drops the file before a forward; ours with direct "
            "io never uses the page cache. Medians of one interleaved run.", "",
-           "| model | budget | GB/s (spread) | resident ms | bound ms | ours direct ms | / bound | read beyond W-B | predicted ms (in run / profile's) | ours mmap | naive | accelerate |",
+           "| model | budget | GB/s (spread) | resident ms | bound ms | ours direct ms | / bound | read beyond W-B | predicted ms (calibrated / probe's / profile's) | ours mmap | naive | accelerate |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model in dict.fromkeys(r["model"] for r in cold):
         mine = [r for r in cold if r["model"] == model]
@@ -246,8 +247,11 @@ def io_bound_section(result: dict) -> list[str]:
                        f"| {peer('ours_mmap')} | {peer('naive')} | {peer('accelerate')} |")
     out += ["", "*ours mmap, naive, accelerate*: their latency over ours (direct io) at the same budget; "
             "*read beyond W-B*: bytes ours reads per forward beyond weights - budget, as a share of the weights; "
-            "*predicted*: the cost model with the bandwidth this run measured, and with the profile's (measured once, "
-            "after conversion; this disk's rate drifts, so the second mixes the model's error with the disk's); "
+            "*predicted*: the cost model with its read rate calibrated by the reads ours made in this run "
+            "(swapnet_core.calibrate: one scale on the profile's latency and bandwidth, as `swapnet run` and the "
+            "scheduler keep it for the next plan), with the bandwidth the probe measured, and with the profile's "
+            "(measured once, after conversion; this disk's rate drifts, so the last mixes the model's error with the "
+            "disk's); the calibrated one checks the pipeline model, the others the disk's drift as well; "
             "\\* = raised to the model's minimum budget. " + (
                 "Could not run: " + "; ".join(f"{f['contender']} on {f['model']} at {f['budget_fraction']} ({f['error']})"
                                             for f in result.get("failures", [])) + "." if result.get("failures") else ""),
