@@ -435,8 +435,13 @@ class Scheduler:
         """Size the shared window for the models' current plans (between jobs: they hold nothing in it,
         or give it up first); the others are moved to a new window, never rebuilt."""
         needs = {n: self._need(n, m.budget) for n, m in self._models.items()}
-        if not self._arena.resize_window(window_bytes(self.total_budget, needs)):
+        nbytes = window_bytes(self.total_budget, needs)
+        if self._arena.window is not None and self._arena.window.nbytes == nbytes:
             return
+        for m in self._models.values():
+            if m.swap is not None:
+                m.swap.drop_window_views()  # they keep the old window's memory alive: let it go first
+        self._arena.resize_window(nbytes)
         for m in self._models.values():
             if m.swap is not None:
                 m.swap.use_window(self._arena.window)
