@@ -219,8 +219,10 @@ def calibrated_prediction(contender: str, model, store, x) -> dict:
     from swapnet_core.plan import predict
     profile = profile_for(store, model.budget_bytes, example_input=x, io=model.io)
     cal = recalibrate(model, profile, remember=False)
+    reads = list(model.reads)
     return {"predicted_calibrated_ms": predict(store, model.plan, cal).latency_s * 1000,
-            "read_scale": cal.io.scale / profile.io.scale}
+            "read_scale": cal.io.scale / profile.io.scale, "reads_observed": len(reads),
+            "read_ms_per_block": 1000 * sum(t for _n, t in reads) / max(len(reads), 1)}
 
 
 def worker(spec: dict) -> int:
@@ -400,7 +402,8 @@ def bench_model(name, ref, spec, shares, args, scratch: Path, contenders=CONTEND
                    "bytes_loaded_per_call": statistics.median(w.loaded[storage]),
                    "max_abs_diff": w.ready["max_abs_diff"], "read_bandwidth_bytes_per_s": bandwidth}
             row.update({k: v for k, v in w.ready.items() if k not in ("ready", "max_abs_diff", "base_rss", "ready_rss")})
-            row.update({k: v for k, v in done.items() if k in ("predicted_calibrated_ms", "read_scale")})
+            row.update({k: v for k, v in done.items() if k in ("predicted_calibrated_ms", "read_scale", "reads_observed",
+                                                                   "read_ms_per_block")})
             if c.startswith("ours_"):
                 compute_ms = statistics.median(resident.times["warm"])
                 row["compute_ms"], row["io_ms"] = compute_ms, row["bytes_loaded_per_call"] / bandwidth * 1000
