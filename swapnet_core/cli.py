@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     _plan_options(p)
     p.add_argument("--compare-resident", action="store_true",
                    help="also run the fully resident model (needs its full memory) and compare outputs")
+    p.add_argument("--calibrate", action="store_true",
+                   help="keep the read rate this run's reads found in the store's profile.json: later plans of "
+                        "the store (any budget, the coordinator's too) are made for it, and may cut differently")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("plan", help="cut a store into blocks for a budget and predict the latency")
@@ -191,7 +194,7 @@ def _run(args) -> int:
             if resident is not None:
                 times_r.append(timed(resident)[1])
     stats = swapped.stats
-    calibrated = recalibrate(swapped, profile) if plan.prediction else profile
+    calibrated = recalibrate(swapped, profile, remember=args.calibrate) if plan.prediction else profile
     result = {
         "store": str(store.path), "model": store.ref, "random_weights": store.random_weights,
         "input": args.input or store.default_input, "io": args.io, "effective_io": swapped._reader.effective_mode,
@@ -199,6 +202,7 @@ def _run(args) -> int:
         "predicted_ms": plan.prediction.latency_s * 1000 if plan.prediction else None,
         "predicted_calibrated_ms": predict(store, plan, calibrated).latency_s * 1000 if plan.prediction else None,
         "read_scale": calibrated.io.scale / profile.io.scale, "reads_observed": len(swapped.reads),
+        "calibration_kept": bool(args.calibrate and plan.prediction),
         "resident_block_bytes": plan.resident_bytes, "pinned_bytes": plan.pinned_bytes,
         "budget_bytes": swapped.budget_bytes, "arena_bytes": swapped.plan.arena_bytes,
         "model_weight_bytes": store.total_bytes,
@@ -231,8 +235,8 @@ def _run(args) -> int:
         scale = result["read_scale"]
         print(f"predicted {result['predicted_ms']:.1f} ms from the profile; {result['predicted_calibrated_ms']:.1f} ms "
               f"at the rate this run's {result['reads_observed']} block reads ran (reads took {scale:.2f}x the "
-              f"profile's time; kept in profile.json"
-              + (", so the next plan is made for it)" if drifted(scale) else ")"))
+              f"profile's time" + ("; kept in profile.json for the next plans)" if args.calibrate else
+                                   "; --calibrate keeps it for the next plans)" if drifted(scale) else ")"))
     return 0
 
 

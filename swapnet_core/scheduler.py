@@ -38,11 +38,9 @@ import torch
 
 from .errors import BudgetError, BudgetTooSmallError, SwapNetError
 from .models import call_model, map_inputs
-from .calibrate import recalibrate
 from .compose import plan_for
 from .device import resolve_device
 from .plan import Plan, minimum_budget
-from .profile import Profile
 from .runtime import SwapModel
 from .sharing import ARENAS, Need, PartitionedArena, SharedArena, window_bytes
 from .sizes import align_up, format_bytes, parse_size
@@ -149,7 +147,6 @@ class Scheduler:
             raise ValueError(f"arena must be one of {ARENAS}, got {arena!r}")
         self.arena = arena  # how the models lay out the total (swapnet_core.sharing)
         self._plans: dict[tuple, Plan] = {}  # (model, budget, store id) -> its plan, made once
-        self._profiles: dict[tuple, Profile] = {}  # the same keys -> the profile its prediction came from
         self.total_budget = parse_size(total_budget_bytes)
         self.policy, self.preemption = policy, preemption
         self.device, self.io = resolve_device(device), io
@@ -379,8 +376,7 @@ class Scheduler:
                 in_use = {(n, x.budget, x.store.store_id) for n, x in self._models.items()}
                 for old in [k for k in self._plans if k not in in_use][:len(self._plans) - PLANS_KEPT + 1]:
                     del self._plans[old]
-                    del self._profiles[old]
-            self._plans[key], self._profiles[key] = plan_for(m.store, budget, m.plan_kind, example_input=m.example,
+            self._plans[key], _profile = plan_for(m.store, budget, m.plan_kind, example_input=m.example,
                                                   device=self.device, io=self.io, prefetch=m.prefetch)
         return self._plans[key]
 
@@ -473,23 +469,11 @@ class Scheduler:
         for m in self._models.values() if models is None else models:
             if m.swap is not None:
                 m.metrics.bytes_swapped += m.swap.stats.bytes_read
-                self._remember_reads(m)
                 m.store = m.swap.store  # it follows a store re-converted in place (new checksums)
                 m.swap.close()
                 m.swap = None
             if self._arena is not None:
                 self._arena.drop(m.name)
-
-    def _remember_reads(self, m: _Model) -> None:
-        """Keep the rate this model's reads ran at in its store's profile, so that its next plan (a
-        retune, a reconfigure) is made for the storage as it is, not as it was at conversion."""
-        profile = self._profiles.get((m.name, m.budget, m.store.store_id))
-        if profile is None or m.swap.store.store_id != m.store.store_id:
-            return  # planned elsewhere, or its store was re-converted since: its reads say nothing of this one
-        try:
-            recalibrate(m.swap, profile)
-        except Exception as e:  # noqa: BLE001 - a read-only or vanished store still tears down
-            log.debug("%s: read rate not kept: %s", m.name, e)
 
     def _teardown(self) -> None:
         self._teardown_models()

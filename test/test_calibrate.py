@@ -1,5 +1,5 @@
 """Calibration: the cost model's read rate scaled to the reads a running model made, kept for the
-next plan of the store, by `swapnet run` and by the scheduler at a retune."""
+next plans of the store when asked (`recalibrate`, `swapnet run --calibrate`), never by serving."""
 
 import json
 from dataclasses import replace
@@ -13,6 +13,8 @@ from swapnet_core.calibrate import MIN_READS, calibrated, read_scale, recalibrat
 from swapnet_core.models import make_input
 from swapnet_core.plan import predict
 from swapnet_core.profile import PROFILE_NAME, IOProfile, load_profile
+
+from conftest import swapnet_cli
 
 X = "random:1x3x64x64"
 
@@ -68,14 +70,34 @@ def test_a_running_model_calibrates_its_profile_and_the_next_plan_uses_it(store)
     assert calibrated(again, reads[:2]) is again  # too few reads change nothing
 
 
-def test_a_retune_keeps_the_read_rate_its_model_ran_at(store):
+def test_serving_leaves_the_profile_alone_so_the_same_budgets_are_admitted_again(store):
+    """A kept scale changes how plans cut, and so what a shared arena admits: the scheduler never
+    keeps one behind the user's back (a reconfigure with the same parameters must come up again)."""
     x = make_input(X, seed=1)
     budget = max(store.total_bytes // 3, minimum_budget(store))
-    with Scheduler(store.total_bytes, policy="fifo") as sched:
-        sched.add_model("a", store, budget, example_input=x)
-        sched.start()
-        for _ in range(3):
-            sched.submit("a", x).result(timeout=60)
-        sched.set_budgets(budgets={"a": max(store.total_bytes // 4, minimum_budget(store))}).result(timeout=60)
+    profile_for(store, budget, example_input=x)
+    before = (store.path / PROFILE_NAME).read_bytes()
+    for _ in range(2):
+        with Scheduler(store.total_bytes, policy="fifo") as sched:
+            sched.add_model("a", store, budget, example_input=x)
+            sched.start()
+            for _ in range(3):
+                sched.submit("a", x).result(timeout=60)
+            sched.set_budgets(budgets={"a": max(store.total_bytes // 4, minimum_budget(store))}).result(timeout=60)
+        assert (store.path / PROFILE_NAME).read_bytes() == before
+
+
+def test_swapnet_run_keeps_the_scale_only_when_asked(store):
+    args = ("run", store.path, "--budget", "1/4", "--plan", "greedy", "--repeat", "3", "--json")
+    r = swapnet_cli(*args)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["reads_observed"] >= MIN_READS and result["read_scale"] > 0
+    assert result["predicted_calibrated_ms"] > 0 and result["calibration_kept"] is False
     entry = json.loads((store.path / PROFILE_NAME).read_text())["io"]["direct|cold"]
-    assert entry.get("scale", 1.0) != 1.0 and entry["scale"] > 0
+    assert entry.get("scale", 1.0) == 1.0  # as the profiler measured it
+    r = swapnet_cli(*args, "--calibrate")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    entry = json.loads((store.path / PROFILE_NAME).read_text())["io"]["direct|cold"]
+    assert result["calibration_kept"] is True and entry["scale"] == pytest.approx(result["read_scale"])
