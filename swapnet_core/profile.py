@@ -302,8 +302,8 @@ def remember_read_scale(store: BlockStore, io_profile: IOProfile, device: str | 
     path = store.path / PROFILE_NAME
     cache = _read_cache(path, store.store_id)
     entry = cache["io"].get(_io_cache_key(store, io, device))
-    if entry is None or not io_profile.scale > 0:
-        return  # measured since, or never: nothing to scale
+    if entry is None:
+        return  # never measured in this mode: nothing to scale
     entry["scale"] = io_profile.scale
     _write_cache(path, cache)
 

@@ -159,8 +159,8 @@ class SwapModel:
         self._always: list[int] = []  # unit indices of the pinned tensors and resident blocks
         self._fixed_runs: list[tuple[list[Unit], int]] = []  # (consecutive units, arena offset): one read each
         self._io = self._reader = self._arena = self._memory = self._binder = self._stager = None
-        # (block, side) -> its bindings cut from the window once: a block lands at the same place every
-        # time, and cutting views and Parameters per call cost 4-9 ms a forward (65-68 blocks)
+        # (block, side) -> its bindings cut from the window once: a block lands at one of two places, and
+        # cutting views and Parameters per call cost 4-22 ms a forward (30-68 blocks, beside the I/O thread)
         self._window_views: dict[tuple[int, int], list[tuple[dict, str, torch.Tensor]]] = {}
         self._window_views_base: torch.Tensor | None = None
         self._closed = False

@@ -2,12 +2,13 @@
 next plans of the store when asked (`recalibrate`, `swapnet run --calibrate`), never by serving."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
 import torch
 
-from swapnet_core import minimum_budget, open_swapped, plan_for, profile_for
+from swapnet_core import BlockStore, minimum_budget, open_swapped, plan_for, profile_for
 from swapnet_core.scheduler import Scheduler
 from swapnet_core.calibrate import MIN_READS, calibrated, read_scale, recalibrate
 from swapnet_core.models import make_input
@@ -22,10 +23,8 @@ X = "random:1x3x64x64"
 @pytest.fixture
 def store(convert_once, tmp_path):
     # a store of its own: calibration writes into profile.json, which other tests' plans read
-    import shutil
     source = convert_once("torchvision:resnet18", X)
     shutil.copytree(source.path, tmp_path / "resnet18", ignore=shutil.ignore_patterns(PROFILE_NAME))
-    from swapnet_core import BlockStore
     return BlockStore(tmp_path / "resnet18")
 
 
