@@ -125,7 +125,7 @@ def checks(rows: list[dict]) -> list[str]:
         lines.append(f"{model:22} ours/bound <= {bound:.2f} {peers_mark(bound <= 1.10)}   "
                      f"read beyond weights-budget <= {excess:+.1%} of weights {peers_mark(excess <= 0.10)}   "
                      f"prediction within {worst_calibrated:.0%} {peers_mark(worst_calibrated <= 0.10)} "
-                     f"(calibrated by ours' reads; with the probe's bandwidth {worst_in_run:.0%}, the profile's "
+                     f"(calibrated by ours' reads and compute; with the probe's bandwidth {worst_in_run:.0%}, the profile's "
                      f"{worst_pred:.0%})   "
                      f"latency non-increasing in budget {peers_mark(not rises)}{'' if not rises else ' (rises: ' + ', '.join(f'{a}->{b}' for a, b in rises) + ')'}")
     return lines
@@ -153,7 +153,7 @@ def print_table(rows: list[dict]) -> None:
               f"{format_bytes(k['unkept_bytes']):>11}{pred}{k['storage_bandwidth_bytes_per_s'] / 1e9:7.2f}"
               f"{k['max_abs_diff']:8.0g}")
     print("cold = page cache dropped before each forward (the regime that matters); bound = max(resident, (weights - "
-          "budget) / bandwidth), the bandwidth measured in this run; pred = the cost model, its read rate calibrated by ours' own reads; read/call = bytes the contender read per forward; "
+          "budget) / bandwidth), the bandwidth measured in this run; pred = the cost model calibrated by ours' own reads and compute; read/call = bytes the contender read per forward; "
           "* = raised to the model's minimum budget")
 
 

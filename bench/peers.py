@@ -222,6 +222,7 @@ def calibrated_prediction(contender: str, model, store, x) -> dict:
     reads = list(model.reads)
     return {"predicted_calibrated_ms": predict(store, model.plan, cal).latency_s * 1000,
             "read_scale": cal.io.scale / profile.io.scale, "reads_observed": len(reads),
+            "compute_scale": cal.compute.scale / profile.compute.scale,
             "read_ms_per_block": 1000 * sum(t for _n, t in reads) / max(len(reads), 1)}
 
 
@@ -252,7 +253,7 @@ def worker(spec: dict) -> int:
     save_file({str(i): t.contiguous() for i, t in enumerate(flatten_outputs(out))}, spec["output"])
     del out
     if contender.startswith("ours_"):
-        model.reads.clear()  # the set-up forward also checked every unit's CRC32: not the steady state
+        model.forget_timings()  # the set-up forward also checked every unit's CRC32: not the steady state
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # set-up garbage is not the contender's run-time memory
     with open("/proc/self/clear_refs", "w") as f:
@@ -403,7 +404,7 @@ def bench_model(name, ref, spec, shares, args, scratch: Path, contenders=CONTEND
                    "max_abs_diff": w.ready["max_abs_diff"], "read_bandwidth_bytes_per_s": bandwidth}
             row.update({k: v for k, v in w.ready.items() if k not in ("ready", "max_abs_diff", "base_rss", "ready_rss")})
             row.update({k: v for k, v in done.items() if k in ("predicted_calibrated_ms", "read_scale", "reads_observed",
-                                                                   "read_ms_per_block")})
+                                                                   "compute_scale", "read_ms_per_block")})
             if c.startswith("ours_"):
                 compute_ms = statistics.median(resident.times["warm"])
                 row["compute_ms"], row["io_ms"] = compute_ms, row["bytes_loaded_per_call"] / bandwidth * 1000

@@ -247,9 +247,10 @@ def io_bound_section(result: dict) -> list[str]:
                        f"| {peer('ours_mmap')} | {peer('naive')} | {peer('accelerate')} |")
     out += ["", "*ours mmap, naive, accelerate*: their latency over ours (direct io) at the same budget; "
             "*read beyond W-B*: bytes ours reads per forward beyond weights - budget, as a share of the weights; "
-            "*predicted*: the cost model with its read rate calibrated by the reads ours made in this run "
-            "(swapnet_core.calibrate: one scale on the profile's latency and bandwidth, as `swapnet run` and the "
-            "scheduler keep it for the next plan), with the bandwidth the probe measured, and with the profile's "
+            "*predicted*: the cost model calibrated by the reads and the compute ours did in this run "
+            "(swapnet_core.calibrate: one scale on the profile's read latency and bandwidth, one on its unit compute "
+            "times, as `swapnet run --calibrate` keeps them for the next plans), with the bandwidth the probe "
+            "measured, and with the profile's "
             "(measured once, after conversion; this disk's rate drifts, so the last mixes the model's error with the "
             "disk's); the calibrated one checks the pipeline model, the others the disk's drift as well; "
             "\\* = raised to the model's minimum budget. " + (

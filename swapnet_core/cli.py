@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-resident", action="store_true",
                    help="also run the fully resident model (needs its full memory) and compare outputs")
     p.add_argument("--calibrate", action="store_true",
-                   help="keep the read rate this run's reads found in the store's profile.json: later plans of "
-                        "the store (any budget, the coordinator's too) are made for it, and may cut differently")
+                   help="keep the read and compute rates this run found in the store's profile.json: later plans "
+                        "of the store (any budget, the coordinator's too) are made for them, and may cut differently")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("plan", help="cut a store into blocks for a budget and predict the latency")
@@ -202,6 +202,7 @@ def _run(args) -> int:
         "predicted_ms": plan.prediction.latency_s * 1000 if plan.prediction else None,
         "predicted_calibrated_ms": predict(store, plan, calibrated).latency_s * 1000 if plan.prediction else None,
         "read_scale": calibrated.io.scale / profile.io.scale, "reads_observed": len(swapped.reads),
+        "compute_scale": calibrated.compute.scale / profile.compute.scale, "calls_observed": len(swapped.computes),
         "calibration_kept": bool(args.calibrate and plan.prediction),
         "resident_block_bytes": plan.resident_bytes, "pinned_bytes": plan.pinned_bytes,
         "budget_bytes": swapped.budget_bytes, "arena_bytes": swapped.plan.arena_bytes,
@@ -232,11 +233,12 @@ def _run(args) -> int:
               f"of the weights, max |diff| {diff:g}" + (" (bit-identical)" if diff == 0 else ""))
     print(f"stall {result['stall_ms_per_call']:.1f} ms/call, out-of-order loads {result['stalls']}")
     if result["predicted_ms"] is not None:
-        scale = result["read_scale"]
+        rscale, cscale = result["read_scale"], result["compute_scale"]
         print(f"predicted {result['predicted_ms']:.1f} ms from the profile; {result['predicted_calibrated_ms']:.1f} ms "
-              f"at the rate this run's {result['reads_observed']} block reads ran (reads took {scale:.2f}x the "
-              f"profile's time" + ("; kept in profile.json for the next plans)" if args.calibrate else
-                                   "; --calibrate keeps it for the next plans)" if drifted(scale) else ")"))
+              f"at the rates this run's {result['reads_observed']} block reads and {result['calls_observed']} calls ran "
+              f"(reads took {rscale:.2f}x the profile's time, compute {cscale:.2f}x"
+              + ("; kept in profile.json for the next plans)" if args.calibrate else
+                 "; --calibrate keeps them for the next plans)" if drifted(rscale) or drifted(cscale) else ")"))
     return 0
 
 

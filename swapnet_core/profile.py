@@ -45,6 +45,19 @@ class ComputeProfile:
     total_s: float  # median forward time of the resident model
     activation_peak_bytes: int | None
     runs: int
+    scale: float = 1.0  # calibration: the running model computes this many times the profiler's time
+
+    @property
+    def forward_s(self) -> float:
+        """The compute a forward adds up to in the cost model (what calibration compares with)."""
+        return self.prologue_s + sum(self.unit_s.values())
+
+    def scaled(self, scale: float) -> "ComputeProfile":
+        """This compute profile with every window taking `scale` times as long."""
+        if not scale > 0:
+            raise ValueError(f"a compute scale must be positive, got {scale!r}")
+        return replace(self, prologue_s=self.prologue_s * scale, unit_s={u: t * scale for u, t in self.unit_s.items()},
+                       total_s=self.total_s * scale, scale=self.scale * scale)
 
 
 @dataclass
@@ -54,7 +67,9 @@ class IOProfile:
     latency_s: float
     bandwidth_bytes_per_s: float
     samples: list[tuple[int, float]] = field(default_factory=list)  # (bytes, median seconds)
-    scale: float = 1.0  # calibration: read times are this many times the profiler's (swapnet_core.calibrate)
+    # calibration (swapnet_core.calibrate): the reads it was fitted to took this many times what the
+    # profiler's measurement predicts for them
+    scale: float = 1.0
 
     def read_seconds(self, nbytes: int) -> float:
         return self.latency_s + nbytes / self.bandwidth_bytes_per_s
@@ -244,23 +259,39 @@ def _drop_cache(path) -> None:
 
 
 def _fit(samples: list[tuple[int, float]]) -> tuple[float, float]:
+    """(latency, bandwidth) of read time = latency + bytes / bandwidth; all of it bandwidth (the largest
+    reads' rate) where the samples cannot tell a per-read latency."""
+    line = fit_line(samples)
+    if line is not None:
+        return line
+    n, t = _medians_by_size(samples)
+    return (0.0, _largest_rate(n, t)) if n else (0.0, 1e9)
+
+
+def fit_line(samples: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """(latency, bandwidth) fitted to (bytes, seconds) reads, medians per size, or None where they
+    cannot tell latency from bandwidth: sizes within 4x of each other, or a slope that contradicts
+    the largest reads' rate (noisy storage: 0.14 GB/s fitted from reads that each ran at 2 GB/s)."""
+    n, t = _medians_by_size(samples)
+    if not n or n[-1] < 4 * n[0]:
+        return None
+    mean_n, mean_t = statistics.fmean(n), statistics.fmean(t)
+    slope = sum((a - mean_n) * (b - mean_t) for a, b in zip(n, t)) / sum((a - mean_n) ** 2 for a in n)
+    if slope <= 0 or 1.0 / slope < _largest_rate(n, t) / 2:
+        return None
+    return max(mean_t - slope * mean_n, 0.0), 1.0 / slope
+
+
+def _medians_by_size(samples: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
     by_size: dict[int, list[float]] = {}
     for n, t in samples:
         by_size.setdefault(n, []).append(t)
-    if not by_size:
-        return 0.0, 1e9
     n = sorted(by_size)
-    t = [statistics.median(by_size[k]) for k in n]
-    # the largest reads' rate: what a fit must not contradict (sizes too close together, or noisy
-    # storage, make a fitted slope meaningless: 0.14 GB/s from reads that each ran at 2 GB/s)
-    rate = statistics.median(k / max(v, 1e-9) for k, v in zip(n[len(n) // 2:], t[len(t) // 2:]))
-    if n[-1] < 4 * n[0]:  # one size, or a narrow range: all of it bandwidth
-        return 0.0, rate
-    mean_n, mean_t = statistics.fmean(n), statistics.fmean(t)
-    slope = sum((a - mean_n) * (b - mean_t) for a, b in zip(n, t)) / sum((a - mean_n) ** 2 for a in n)
-    if slope <= 0 or 1.0 / slope < rate / 2:
-        return 0.0, rate
-    return max(mean_t - slope * mean_n, 0.0), 1.0 / slope
+    return n, [statistics.median(by_size[k]) for k in n]
+
+
+def _largest_rate(n: list[int], t: list[float]) -> float:
+    return statistics.median(k / max(v, 1e-9) for k, v in zip(n[len(n) // 2:], t[len(t) // 2:]))
 
 
 # -- cache next to the store ---------------------------------------------------------------------
@@ -291,21 +322,25 @@ def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: st
                              c["activation_peak_bytes"], c["runs"])
     i = cache["io"][ikey]
     measured = IOProfile(i["mode"], i["cold"], i["latency_s"], i["bandwidth_bytes_per_s"], [tuple(s) for s in i["samples"]])
-    scale = i.get("scale", 1.0)
-    return Profile(compute, measured.scaled(scale) if scale != 1.0 else measured)
+    cscale, fitted = c.get("scale", 1.0), i.get("calibrated")
+    return Profile(compute.scaled(cscale) if cscale != 1.0 else compute,
+                   replace(measured, **fitted) if fitted else measured)
 
 
-def remember_read_scale(store: BlockStore, io_profile: IOProfile, device: str | torch.device = "cpu",
-                        io: str = "direct") -> None:
-    """Keep a calibrated read model's scale (against the profiler's measurement) in profile.json, so
-    the next plan of this store, at any budget, reads at the rate the running model found."""
+def remember_scales(store: BlockStore, profile: Profile, device: str | torch.device = "cpu", io: str = "direct") -> None:
+    """Keep a calibrated profile in profile.json beside the profiler's measurements (the compute's
+    scale, the read model's latency and bandwidth), so the next plan of this store, at any budget,
+    reads and computes at the rates the running model found."""
     path = store.path / PROFILE_NAME
     cache = _read_cache(path, store.store_id)
-    entry = cache["io"].get(_io_cache_key(store, io, device))
-    if entry is None:
-        return  # never measured in this mode: nothing to scale
-    entry["scale"] = io_profile.scale
-    _write_cache(path, cache)
+    compute, reads = cache["compute"].get(profile.compute.key), cache["io"].get(_io_cache_key(store, io, device))
+    if compute is not None:  # else never measured: nothing to calibrate
+        compute["scale"] = profile.compute.scale
+    if reads is not None:
+        reads["calibrated"] = {"latency_s": profile.io.latency_s, "scale": profile.io.scale,
+                               "bandwidth_bytes_per_s": profile.io.bandwidth_bytes_per_s}
+    if compute is not None or reads is not None:
+        _write_cache(path, cache)
 
 
 def _io_cache_key(store: BlockStore, io: str, device: str | torch.device) -> str:

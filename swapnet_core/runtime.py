@@ -31,6 +31,7 @@ from .trace import reads_metadata_only, torch_function_name
 log = logging.getLogger("swapnet_core.runtime")
 _PLACEHOLDER_READS = {"device", "is_cuda", "is_cpu", "is_meta", "__repr__", "__format__"}
 READS_KEPT = 512  # (bytes, seconds) of the latest block reads: what calibration fits the cost model to
+CALLS_KEPT = 64  # compute seconds of the latest calls, for the same
 
 
 @dataclass
@@ -144,6 +145,7 @@ class SwapModel:
         self.on_block_entered = None  # called with that block once it is resident (its predecessor gone)
         self.read_log: deque | None = None  # (block, start, end) of each read, when a deque is set
         self.reads: deque[tuple[int, float]] = deque(maxlen=READS_KEPT)  # (bytes, seconds) per block read
+        self.computes: deque[float] = deque(maxlen=CALLS_KEPT)  # seconds per call not spent waiting for a read
         self._block_of = self.plan.block_of_unit()
         self._lock = threading.Lock()
         self._resident: dict[int, _Resident] = {}  # swapped blocks now in the swap region
@@ -225,7 +227,9 @@ class SwapModel:
             finally:
                 self._finish()
                 self.stats.calls += 1
-                self.stats.compute_seconds += time.perf_counter() - start - (self.stats.stall_seconds - stalled)
+                computed = time.perf_counter() - start - (self.stats.stall_seconds - stalled)
+                self.stats.compute_seconds += computed
+                self.computes.append(computed)
 
     def prefetch(self, side: int | None = None) -> None:
         """Start reading the first swapped block now, so the next call finds it resident (a scheduler
@@ -298,7 +302,12 @@ class SwapModel:
     def reset_stats(self) -> None:
         """Count from now on (the reads too: a first forward's reads also check every unit's CRC32)."""
         self.stats = SwapStats(peak_resident_weight_bytes=self._resident_bytes())
+        self.forget_timings()
+
+    def forget_timings(self) -> None:
+        """Calibrate from later calls only (a warm-up's reads check CRCs, its kernels are cold)."""
         self.reads.clear()
+        self.computes.clear()
 
     def close(self) -> None:
         """Free the arena and the I/O thread; the module goes back to meta. Safe on a half-built model."""
