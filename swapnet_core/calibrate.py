@@ -20,7 +20,7 @@ import statistics
 from dataclasses import replace
 from typing import Iterable
 
-from .profile import ComputeProfile, IOProfile, Profile, fit_line, remember_scales
+from .profile import ComputeProfile, IOProfile, Profile, fit_line, remember_calibration
 
 MIN_READS = 8  # fewer reads say too little about the rate
 MIN_CALLS = 3  # fewer calls say too little about the compute
@@ -82,5 +82,5 @@ def recalibrate(model, profile: Profile, remember: bool = True) -> Profile:
     store (any budget: a retune, a reconfigure, the next run) uses the rates found here."""
     cal = calibrated(profile, model.reads, model.computes)
     if remember and cal is not profile:
-        remember_scales(model.store, cal, model.device, model.io)
+        remember_calibration(model.store, cal, model.device, model.io)
     return cal

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -322,12 +323,28 @@ def load_profile(store: BlockStore, x: torch.Tensor, device: str = "cpu", io: st
                              c["activation_peak_bytes"], c["runs"])
     i = cache["io"][ikey]
     measured = IOProfile(i["mode"], i["cold"], i["latency_s"], i["bandwidth_bytes_per_s"], [tuple(s) for s in i["samples"]])
-    cscale, fitted = c.get("scale", 1.0), i.get("calibrated")
-    return Profile(compute.scaled(cscale) if cscale != 1.0 else compute,
-                   replace(measured, **fitted) if fitted else measured)
+    cscale = _positive(c.get("scale"))
+    return Profile(compute.scaled(cscale) if cscale not in (None, 1.0) else compute,
+                   _with_calibration(measured, i.get("calibrated")))
 
 
-def remember_scales(store: BlockStore, profile: Profile, device: str | torch.device = "cpu", io: str = "direct") -> None:
+def _with_calibration(measured: IOProfile, kept) -> IOProfile:
+    """The read model kept by calibration beside the measured one, where it is well formed (what a
+    hand-edited or damaged file holds instead is ignored: the measurement stands)."""
+    if not isinstance(kept, dict):
+        return measured
+    latency, bandwidth, scale = (kept.get(k) for k in ("latency_s", "bandwidth_bytes_per_s", "scale"))
+    if _positive(bandwidth) is None or _positive(scale) is None or (latency != 0 and _positive(latency) is None):
+        return measured
+    return replace(measured, latency_s=float(latency), bandwidth_bytes_per_s=float(bandwidth), scale=float(scale))
+
+
+def _positive(value) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
+
+
+def remember_calibration(store: BlockStore, profile: Profile, device: str | torch.device = "cpu", io: str = "direct") -> None:
     """Keep a calibrated profile in profile.json beside the profiler's measurements (the compute's
     scale, the read model's latency and bandwidth), so the next plan of this store, at any budget,
     reads and computes at the rates the running model found."""

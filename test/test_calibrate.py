@@ -109,6 +109,23 @@ def test_a_running_model_calibrates_its_profile_and_the_next_plan_uses_it(store)
     assert calibrated(again, reads[:2]) is again  # too few reads change nothing
 
 
+@pytest.mark.parametrize("damage", [{"calibrated": {"latency_s": "fast", "bandwidth_bytes_per_s": -1, "scale": None},
+                                     "scale": "x"},
+                                    {"calibrated": [1, 2, 3], "scale": float("nan")},
+                                    {"calibrated": {"latency_s": 0.001, "bandwidth_bytes_per_s": float("inf"),
+                                                    "scale": 1.0}, "scale": -2.0}])
+def test_a_damaged_calibration_in_profile_json_leaves_the_measurement_standing(store, damage):
+    x = make_input(X, seed=1)
+    measured = load_profile(store, x)
+    path = store.path / PROFILE_NAME
+    cache = json.loads(path.read_text())
+    (centry,) = cache["compute"].values()
+    cache["io"]["direct|cold"]["calibrated"], centry["scale"] = damage["calibrated"], damage["scale"]
+    path.write_text(json.dumps(cache))
+    again = load_profile(store, x)
+    assert again.io == measured.io and again.compute == measured.compute
+
+
 def test_serving_leaves_the_profile_alone_so_the_same_budgets_are_admitted_again(store):
     """A kept scale changes how plans cut, and so what a shared arena admits: the scheduler never
     keeps one behind the user's back (a reconfigure with the same parameters must come up again)."""
