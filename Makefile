@@ -64,6 +64,7 @@ demo-core: $(STORES)/resnet50/manifest.json
 # Every suite (about an hour on two cores), then BENCHMARKS.md and its plots from bench/results/
 bench: setup
 	$(PY) bench/io_bound.py
+	$(PY) bench/read_path.py
 	$(PY) bench/slicing.py
 	$(PY) bench/peers.py
 	$(PY) bench/swap_vs_resident.py
