@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller models and inputs, short runs, same table")
     ap.add_argument("--seconds", type=float, help="length of each run (default 150, quick 8)")
     ap.add_argument("--utilisation", type=float, default=0.6)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}")
     ap.add_argument("--stores", default="stores/bench")
     ap.add_argument("--out", help="default bench/results/multi_dnn.json (multi_dnn_quick.json with --quick: the quick\n"
                          "run never overwrites the full results)")
@@ -95,7 +96,10 @@ def main() -> int:
 
     results, setup, timeline = [], {}, None
     n = len(stores)
-    for setting in SETTINGS:
+    settings = [x for x in args.settings.split(",") if x]
+    if not set(settings) <= set(SETTINGS):
+        ap.error(f"--settings: choose from {', '.join(SETTINGS)}")
+    for setting in settings:
         budgets = {"partitioned": parted, "shared": fit_shared(stores, inputs[setting], parted, total)}
         latency = calibrate(stores, inputs[setting], parted, total)
         periods = {name: n * latency[name] / args.utilisation for name in stores}
@@ -106,21 +110,23 @@ def main() -> int:
         print(f"{setting}: shared budgets " + ", ".join(f"{k} {format_bytes(v)}" for k, v in budgets["shared"].items())
               + "; alone, partitioned: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latency.items())
               + f"; periods at utilisation {args.utilisation}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in periods.items()))
-        for arena in ARENAS:
-            for policy, preemption, load in tqdm(RUNS, desc=f"{setting}/{arena}", file=sys.stderr):
-                if load == 1.0:
-                    feed_periods, deadlines = periods, periods
-                else:  # one camera feeding every model, `load` times the nominal work
-                    feed_periods = dict.fromkeys(stores, camera / load)
-                    deadlines = dict.fromkeys(stores, camera)
-                run = feed(stores, inputs[setting], budgets[arena], total, policy, preemption, feed_periods, deadlines,
-                           seconds, arena, camera=load != 1.0)
-                run.update({"policy": policy, "preemption": preemption, "load": load, "arena": arena,
-                            "setting": setting, "feed": "camera" if load != 1.0 else "streams"})
-                results.append(run)
-                if (setting, arena, policy, preemption, load) == ("compute", "shared", "edf", False, 1.0):
-                    timeline = run.pop("_timeline")
-                run.pop("_timeline", None)
+        # the arenas take turns per configuration, first one then the other first: this disk and CPU
+        # drift by 2x within the hour, and a block of runs per arena once put the drift on the arena
+        turns = [(arena, run) for k, run in enumerate(RUNS) for arena in (ARENAS if k % 2 == 0 else ARENAS[::-1])]
+        for arena, (policy, preemption, load) in tqdm(turns, desc=setting, file=sys.stderr):
+            if load == 1.0:
+                feed_periods, deadlines = periods, periods
+            else:  # one camera feeding every model, `load` times the nominal work
+                feed_periods = dict.fromkeys(stores, camera / load)
+                deadlines = dict.fromkeys(stores, camera)
+            run = feed(stores, inputs[setting], budgets[arena], total, policy, preemption, feed_periods, deadlines,
+                       seconds, arena, camera=load != 1.0)
+            run.update({"policy": policy, "preemption": preemption, "load": load, "arena": arena,
+                        "setting": setting, "feed": "camera" if load != 1.0 else "streams"})
+            results.append(run)
+            if (setting, arena, policy, preemption, load) == ("compute", "shared", "edf", False, 1.0):
+                timeline = run.pop("_timeline")
+            run.pop("_timeline", None)
 
     print_table(results)
     print_comparison(results)
@@ -128,11 +134,11 @@ def main() -> int:
                           "weight_bytes": stores[k].total_bytes} for k in stores},
            "settings": setup, "total_budget_bytes": total, "total_weight_bytes": total_weights,
            "utilisation": args.utilisation, "seconds_per_run": seconds, "threads": torch.get_num_threads(),
-           "runs": results}
+           "arenas_interleaved": True, "runs": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     png = Path(args.out).with_name(Path(args.out).stem + "_timeline.png")
-    draw_timeline(timeline, png, setup["compute"]["period_ms"], total)
+    draw_timeline(timeline, png, setup.get("compute", {}).get("period_ms"), total)
     print(f"\nwrote {args.out} and {png}")
     return 0
 
@@ -303,7 +309,7 @@ def comparison(results) -> dict:
         return sum(round(m["jobs_done"] * (1 - (m["miss_rate"] or 0))) for m in run["per_model"].values())
 
     out = {}
-    for setting in SETTINGS:
+    for setting in dict.fromkeys(r["setting"] for r in results):
         shared, parted = find(setting, "shared"), find(setting, "partitioned")
         out[setting] = {
             "p50_change": {n: shared["per_model"][n]["p50_ms"] / parted["per_model"][n]["p50_ms"] - 1
@@ -333,6 +339,7 @@ def summarise(paths: list[str], out: Path) -> None:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     out.write_text(json.dumps({"models": list(runs[0]["models"]), "seconds_per_run": runs[0]["seconds_per_run"],
                                "sources": [Path(p).name for p in paths],
+                               "arenas_interleaved": all(r.get("arenas_interleaved", False) for r in runs),
                                "repeats": [comparison(r["runs"]) for r in runs]}, indent=1))
     print(f"wrote {out}")
 

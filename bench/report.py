@@ -321,14 +321,19 @@ def sharing_section(result: dict) -> list[str]:
     quick = all("quick" in name for name in result["sources"])
     seconds = result["seconds_per_run"]
     out = [f"## One streaming window against a part per model (`bench/multi_dnn.py{' --quick' if quick else ''}`"
-           f"{', repeated' if len(result['repeats']) > 1 else ''})", "",
+           f"{', repeated' if len(result['repeats']) > 1 else ''}{', arenas interleaved' if result.get('arenas_interleaved') else ''})",
+           "",
            f"{len(result['repeats'])} run{'s back to back' if len(result['repeats']) > 1 else ''} of the "
            f"{'quick' if quick else 'full'} benchmark ({seconds:.0f} s per configuration"
            + (": 20-50 jobs per model, so one miss moves a rate by 2-5%" if quick else "") + "). *p50 change*: shared "
            "against partitioned at the same total, EDF at utilisation 0.6; *worst miss*: the highest miss rate of "
            "any model at utilisation 0.6; *spread*: most jobs over fewest between the models one camera feeds at "
            "3x; *in time at 3x*: frames served within their deadline, all models." + (
-               " The run-to-run spread is the point of this table." if len(result["repeats"]) > 1 else ""), "",
+               " The run-to-run spread is the point of this table." if len(result["repeats"]) > 1 else "")
+           + f" From `bench/results/{'`, `'.join(result['sources'])}`."
+           + ("" if result.get("arenas_interleaved") else " **The arenas ran in blocks (every shared run, then every "
+              "partitioned one), not interleaved: drift of this machine over the quarter hour between them falls on "
+              "the arena.**"), "",
            "| run | setting | p50 change " + " / ".join(result["models"]) + " | worst miss EDF, shared / partitioned "
            "| worst miss FIFO, shared / partitioned | EDF jobs spread at 3x, shared / partitioned "
            "| in time at 3x, shared / partitioned |", "|---|---|---|---|---|---|---|"]
@@ -360,7 +365,8 @@ def main() -> int:
              "each section; ratios are taken within one run.", ""]
     sections = (("io_bound.json", io_bound_section), ("slicing.json", slicing_section), ("peers.json", peers_section),
                 ("swap_vs_resident.json", swap_section), ("multi_dnn.json", multi_section),
-                ("multi_dnn_full_sharing.json", sharing_section), ("multi_dnn_sharing.json", sharing_section))
+                ("multi_dnn_full_sharing.json", sharing_section), ("multi_dnn_io_interleaved_sharing.json", sharing_section),
+                ("multi_dnn_sharing.json", sharing_section))
     for name, section in sections:
         path = results / name
         if path.exists():
