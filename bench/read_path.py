@@ -8,7 +8,7 @@ read rate of most of them. Every (size, split) pair is read at random places of 
 virtual disk here reads what it read lately faster), the splits taking turns in a shuffled order
 each round, so drift hits them alike.
 
-  .venv/bin/python bench/read_path.py [--quick] [--rounds N] [--store DIR]
+  .venv/bin/python bench/read_path.py [--quick] [--rounds N] [--stores DIR]
 
 Prints a table of median GB/s, writes bench/results/read_path.json and bench/results/read_path.png.
 """

@@ -77,9 +77,9 @@ def drifted(scale: float | None, tolerance: float = DRIFT) -> bool:
 
 
 def recalibrate(model, profile: Profile, remember: bool = True) -> Profile:
-    """`profile` (the one `model`'s plan was made with) scaled to the reads and calls the SwapModel
-    made; with `remember`, the scales are kept in the store's profile.json, so the next plan of that
-    store (any budget: a retune, a reconfigure, the next run) uses the rates found here."""
+    """`profile` (the one `model`'s plan was made with) fitted to the reads and calls the SwapModel
+    made (`calibrated`); with `remember`, the calibration is kept in the store's profile.json, so the
+    next plan of that store (any budget: a retune, a reconfigure, the next run) uses the rates found here."""
     cal = calibrated(profile, model.reads, model.computes)
     if remember and cal is not profile:
         remember_calibration(model.store, cal, model.device, model.io)
